@@ -1,0 +1,1 @@
+"""metaprune_jax.nets."""
