@@ -1,0 +1,81 @@
+"""How the outer objective trades task loss against the expected L0 norm.
+
+Three forms, all over the expected density rho = E||m||_0 / N (the fraction of
+gated weights expected to be nonzero, so every multiplier is scale-free):
+
+* ``'penalty'``: minimise ``L + lambda * rho`` with a fixed ``lambda``.
+* ``'target'``: reach a requested expected sparsity ``s*`` by dual ascent on a
+  Lagrange multiplier ``mu >= 0``: minimise ``L + mu * (rho - (1 - s*))`` over the
+  network, and step ``mu <- max(0, mu + dual_lr * (rho - (1 - s*)))``.
+* ``'budget'``: the constrained form ``min rho  s.t.  L <= epsilon``: minimise
+  ``rho + mu * (L - epsilon)`` and step ``mu <- max(0, mu + dual_lr * (L - epsilon))``.
+
+The multiplier is part of the training state; the update is pure and runs inside
+the jitted meta-step (the objective sees it through ``stop_gradient``).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MODES = ('penalty', 'target', 'budget')
+
+
+class L0Objective(NamedTuple):
+  """Settings of the sparsity term.
+
+  Attributes:
+    mode: one of ``MODES``.
+    penalty: ``lambda`` of the ``'penalty'`` mode.
+    target_sparsity: requested expected sparsity in [0, 1) (``'target'`` mode).
+    loss_budget: ``epsilon`` of the ``'budget'`` mode.
+    dual_lr: step size of the multiplier's dual ascent.
+  """
+  mode: str = 'target'
+  penalty: float = 0.0
+  target_sparsity: float = 0.9
+  loss_budget: float = 0.5
+  dual_lr: float = 1e-3
+
+
+def validate(objective: L0Objective) -> None:
+  """Raises ``ValueError`` naming the config field for bad settings."""
+  if objective.mode not in MODES:
+    raise ValueError(f'--config.sparsity_mode={objective.mode!r} is unknown; use one of {MODES}.')
+  if not 0.0 <= objective.target_sparsity < 1.0:
+    raise ValueError(f'--config.target_sparsity={objective.target_sparsity} is outside [0, 1); '
+                     'pass a fraction of weights to prune, e.g. 0.9.')
+  if objective.penalty < 0:
+    raise ValueError(f'--config.sparsity_penalty={objective.penalty} must be >= 0.')
+  if objective.dual_lr < 0:
+    raise ValueError(f'--config.dual_lr={objective.dual_lr} must be >= 0.')
+  if objective.mode == 'budget' and objective.loss_budget <= 0:
+    raise ValueError(f'--config.loss_budget={objective.loss_budget} must be > 0.')
+
+
+def outer_objective(task_loss: jax.Array, density: jax.Array, multiplier: jax.Array,
+                    objective: L0Objective) -> jax.Array:
+  """The scalar the outer optimiser minimises (gradients flow to ``task_loss`` and ``density``)."""
+  mu = jax.lax.stop_gradient(multiplier)
+  if objective.mode == 'penalty':
+    return task_loss + objective.penalty * density
+  if objective.mode == 'target':
+    return task_loss + mu * (density - (1.0 - objective.target_sparsity))
+  if objective.mode == 'budget':
+    return density + mu * (task_loss - objective.loss_budget)
+  raise ValueError(f'unknown sparsity mode {objective.mode!r}; use one of {MODES}.')
+
+
+def update_multiplier(multiplier: jax.Array, task_loss: jax.Array, density: jax.Array,
+                      objective: L0Objective) -> jax.Array:
+  """One projected dual-ascent step on the multiplier (unchanged in ``'penalty'`` mode)."""
+  task_loss = jax.lax.stop_gradient(task_loss)
+  density = jax.lax.stop_gradient(density)
+  if objective.mode == 'target':
+    violation = density - (1.0 - objective.target_sparsity)
+  elif objective.mode == 'budget':
+    violation = task_loss - objective.loss_budget
+  else:
+    return multiplier
+  return jnp.maximum(0.0, multiplier + objective.dual_lr * violation)

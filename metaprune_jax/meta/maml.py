@@ -1,0 +1,128 @@
+"""MAML with hard-concrete gates: the per-task objective and its vmapped batch mean.
+
+Meta-parameters are a dict ``{'params': Params, 'gate_logits': GateLogits | None}``.
+For each task the gates are drawn once (independent noise per task) and held fixed
+through the inner loop; the inner loop updates the weights (and, with
+``adapt_gates``, the gate logits too: task-specific pruning). The query loss after
+adaptation is the task's outer loss.
+
+Gate modes: ``'sample'`` (training: reparameterised noise), ``'deterministic'``
+(evaluation: exact 0/1 gates) and ``'off'`` (the dense counterpart: no masks).
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from metaprune_jax import types
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import noise as noise_lib
+from metaprune_jax.meta import inner
+from metaprune_jax.nets import masked
+
+GATE_MODES = ('sample', 'deterministic', 'off')
+LossFn = Callable[[types.Params, jax.Array, jax.Array], jax.Array]
+
+
+class InnerSettings(NamedTuple):
+  """Inner-loop settings shared by training and evaluation.
+
+  Attributes:
+    inner_lr: SGD step size on the weights.
+    num_inner_steps: adaptation steps (static).
+    first_order: FOMAML when True.
+    adapt_gates: also adapt gate logits in the inner loop.
+    inner_gate_lr: SGD step size on gate logits when ``adapt_gates``.
+    hc: hard-concrete constants.
+    noise: gate-noise generator, ``'hash'`` or ``'threefry'`` (see ``masks.noise``).
+  """
+  inner_lr: float = 0.01
+  num_inner_steps: int = 1
+  first_order: bool = False
+  adapt_gates: bool = False
+  inner_gate_lr: float = 0.1
+  hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()
+  noise: str = 'hash'
+
+
+def _gate_noise(gate_logits, key, method: str):
+  leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=lambda x: x is None)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  return jax.tree.unflatten(treedef, [
+      None if leaf is None else noise_lib.uniform(k, leaf.shape, method=method, dtype=leaf.dtype)
+      for leaf, k in zip(leaves, keys)])
+
+
+def _masks(gate_logits, noise, gate_mode: str, hc):
+  if gate_logits is None or gate_mode == 'off':
+    return None
+  if gate_mode == 'deterministic':
+    return hard_concrete.deterministic_gates(gate_logits, hc)
+  return jax.tree.map(lambda la, u: hard_concrete.gates_from_noise(la, u, hc), gate_logits, noise)
+
+
+def _adaptation(meta_params, task: types.TaskBatch, key, loss_fn: LossFn, settings: InnerSettings,
+                gate_mode: str, trace_query: bool):
+  """Adapts on the support set; returns the adapted fast weights, the mask function and a trace."""
+  if gate_mode not in GATE_MODES:
+    raise ValueError(f'gate_mode={gate_mode!r} is unknown; use one of {GATE_MODES}.')
+  params, gate_logits = meta_params['params'], meta_params.get('gate_logits')
+  noise = _gate_noise(gate_logits, key, settings.noise) if (gate_mode == 'sample' and gate_logits is not None) else None
+  adapt_gates = settings.adapt_gates and gate_logits is not None and gate_mode != 'off'
+
+  def effective(fast):
+    p, logits = fast if adapt_gates else (fast, gate_logits)
+    return masked.apply_masks(p, _masks(logits, noise, gate_mode, settings.hc))
+
+  def support_loss(fast):
+    return loss_fn(effective(fast), task.support_inputs, task.support_targets)
+
+  def query_loss(fast):
+    return loss_fn(effective(fast), task.query_inputs, task.query_targets)
+
+  if adapt_gates:
+    fast = (params, gate_logits)
+    lr = (jax.tree.map(lambda _: settings.inner_lr, params),
+          jax.tree.map(lambda _: settings.inner_gate_lr, gate_logits))
+  else:
+    fast, lr = params, settings.inner_lr
+  result = inner.adapt(support_loss, fast, inner_lr=lr, num_inner_steps=settings.num_inner_steps,
+                       first_order=settings.first_order,
+                       trace_fn=query_loss if trace_query else None)
+  return result, query_loss
+
+
+def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
+                    settings: InnerSettings, gate_mode: str = 'sample') -> jax.Array:
+  """Query loss of one task after inner adaptation (a scalar).
+
+  Args:
+    meta_params: ``{'params': ..., 'gate_logits': ... or None}``.
+    task: one task (no leading task axis), e.g. support inputs ``[shots, 1]``.
+    key: this task's gate-noise key (ignored unless ``gate_mode='sample'``).
+    loss_fn: ``(params, inputs, targets) -> scalar``.
+    settings: inner-loop settings.
+    gate_mode: one of ``GATE_MODES``.
+  """
+  adapted, query_loss = _adaptation(meta_params, task, key, loss_fn, settings, gate_mode, False)
+  return query_loss(adapted)
+
+
+def query_loss_trace(meta_params, task: types.TaskBatch, *, loss_fn: LossFn, settings: InnerSettings,
+                     gate_mode: str = 'deterministic') -> jax.Array:
+  """Query loss before and after every inner step: ``[num_inner_steps + 1]`` (evaluation)."""
+  (_, trace), _ = _adaptation(meta_params, task, jax.random.key(0), loss_fn, settings, gate_mode, True)
+  return trace
+
+
+def batch_query_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
+                     settings: InnerSettings, gate_mode: str = 'sample') -> jax.Array:
+  """Mean query loss over a task batch (``vmap`` over the leading task axis)."""
+  keys = jax.random.split(key, tasks.support_inputs.shape[0])
+  losses = jax.vmap(
+      lambda task, k: task_query_loss(meta_params, task, k, loss_fn=loss_fn, settings=settings,
+                                      gate_mode=gate_mode),
+      in_axes=(0, 0))(tasks, keys)
+  return jnp.mean(losses)

@@ -1,0 +1,125 @@
+"""The jit-compiled meta-step: sample tasks, adapt each (vmapped), update the meta-parameters.
+
+Everything that changes during meta-training lives in one ``MetaState`` pytree,
+which is what makes checkpoint / resume a single serialisation. ``make_meta_step``
+returns ``step(state) -> (state, metrics)``, one ``jax.jit`` with the state donated.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaprune_jax import types
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import l0_objective
+from metaprune_jax.meta import maml
+
+TaskSampler = Callable[[types.PRNGKey, int], types.TaskBatch]
+
+
+class MetaState(NamedTuple):
+  """Meta-training state.
+
+  Attributes:
+    meta_params: ``{'params': Params, 'gate_logits': GateLogits | None}``.
+    opt_state: outer optimiser state.
+    multiplier: Lagrange multiplier of the sparsity constraint (scalar).
+    step: number of meta-steps taken (int32 scalar).
+    key: PRNG key for the next step.
+  """
+  meta_params: dict
+  opt_state: optax.OptState
+  multiplier: jax.Array
+  step: jax.Array
+  key: types.PRNGKey
+
+
+def scale_by_group(group_lrs: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies ``updates[name]`` by ``-group_lrs[name]`` (a learning rate per top-level group).
+
+  Cheaper than ``optax.multi_transform`` with one Adam per group: the Adam
+  statistics are shared code, only the final scaling differs.
+  """
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return {name: jax.tree.map(lambda u, lr=group_lrs[name]: -lr * u, tree)
+            for name, tree in updates.items()}, state
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_outer_optimizer(outer_lr: float, gate_lr: float | None = None,
+                         grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """Adam on the weights (``outer_lr``) and on the gate logits (``gate_lr``, default ``outer_lr``)."""
+  chain = [optax.scale_by_adam(),
+           scale_by_group({'params': outer_lr, 'gate_logits': outer_lr if gate_lr is None else gate_lr})]
+  if grad_clip_norm:
+    chain.insert(0, optax.clip_by_global_norm(grad_clip_norm))
+  return optax.chain(*chain)
+
+
+def init_meta_state(key: types.PRNGKey, params: types.Params, gate_logits: types.GateLogits | None,
+                    optimizer: optax.GradientTransformation, init_multiplier: float = 0.0) -> MetaState:
+  meta_params = {'params': params, 'gate_logits': gate_logits}
+  return MetaState(meta_params=meta_params, opt_state=optimizer.init(meta_params),
+                   multiplier=jnp.asarray(init_multiplier, jnp.float32),
+                   step=jnp.zeros((), jnp.int32), key=key)
+
+
+def sparsity_metrics(params, gate_logits, hc: hard_concrete.HardConcrete) -> dict[str, jax.Array]:
+  """Expected and realised sparsity (zeros when nothing is gated)."""
+  if gate_logits is None:
+    zero = jnp.zeros((), jnp.float32)
+    return {'mask/expected_sparsity': zero, 'mask/realised_sparsity': zero}
+  return {'mask/expected_sparsity': 1.0 - hard_concrete.expected_density(params, gate_logits, hc),
+          'mask/realised_sparsity': hard_concrete.realised_sparsity(params, gate_logits, hc)}
+
+
+def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: optax.GradientTransformation,
+                   *, meta_batch_size: int, settings: maml.InnerSettings,
+                   objective: l0_objective.L0Objective = l0_objective.L0Objective(),
+                   donate: bool = True) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
+  """Builds the jitted ``step(state) -> (state, metrics)``.
+
+  Inside one ``jax.jit``: split the key, sample ``meta_batch_size`` tasks on
+  device, adapt each task (``vmap``; inner loop is a ``lax.scan``), average the
+  query losses, add the sparsity term, take one optimiser step, and one dual step
+  on the multiplier.
+
+  Metrics: ``outer/objective``, ``outer/query_loss``, ``mask/expected_sparsity``
+  (of the gates this step used) and ``mask/multiplier``. Realised sparsity needs
+  a pass over every gate and is off the hot path: ``sparsity_metrics`` computes it
+  when a log line is due.
+  """
+  def objective_fn(meta_params, multiplier, tasks, key):
+    query_loss = maml.batch_query_loss(meta_params, tasks, key, loss_fn=loss_fn, settings=settings,
+                                       gate_mode='sample')
+    gate_logits = meta_params.get('gate_logits')
+    if gate_logits is None:
+      return query_loss, (query_loss, jnp.ones((), jnp.float32))  # Dense: density 1.
+    density = hard_concrete.expected_density(meta_params['params'], gate_logits, settings.hc)
+    total = l0_objective.outer_objective(query_loss, density, multiplier, objective)
+    return total, (query_loss, density)
+
+  def step(state: MetaState):
+    key, task_key, gate_key = jax.random.split(state.key, 3)
+    tasks = task_sampler(task_key, meta_batch_size)
+    (total, (query_loss, density)), grads = jax.value_and_grad(objective_fn, has_aux=True)(
+        state.meta_params, state.multiplier, tasks, gate_key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+    meta_params = optax.apply_updates(state.meta_params, updates)
+    multiplier = state.multiplier
+    if meta_params.get('gate_logits') is not None:
+      multiplier = l0_objective.update_multiplier(multiplier, query_loss, density, objective)
+    metrics = {'outer/objective': total, 'outer/query_loss': query_loss,
+               'mask/expected_sparsity': 1.0 - density, 'mask/multiplier': multiplier}
+    new_state = MetaState(meta_params, opt_state, multiplier, state.step + 1, key)
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=(0,) if donate else ())

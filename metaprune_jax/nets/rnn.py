@@ -1,0 +1,255 @@
+"""Masked LSTM and GRU as pure functions, scanned over time with ``lax.scan``.
+
+Parameter layout (a plain Flax-style param dict; ``G`` gates, ``H`` hidden units)::
+
+  {'input_kernel': [in, G*H], 'recurrent_kernel': [H, G*H], 'bias': [G*H],
+   'readout': {'kernel': [H, out], 'bias': [out]}}
+
+Gate blocks are contiguous column blocks of width ``H``; hidden unit ``j`` of
+gate block ``k`` lives in column ``k*H + j``. Gate order:
+
+* LSTM (``G = 4``): ``i, f, g, o`` (input, forget, cell candidate, output)::
+
+    c' = sigmoid(f) * c + sigmoid(i) * tanh(g);   h' = sigmoid(o) * tanh(c')
+
+* GRU (``G = 3``): ``r, z, n`` (reset, update, candidate), the Cho et al.
+  (2014) form with the reset applied to the hidden state before the recurrent
+  matmul (a single bias vector)::
+
+    n = tanh(x W_n + (sigmoid(r) * h) U_n + b_n);   h' = (1 - sigmoid(z)) * n + sigmoid(z) * h
+
+Masks mirror the params (``metaprune_jax.types.Masks``) and are applied once,
+before the scan, with ``metaprune_jax.nets.masked.apply_masks``. Per-weight
+masks are full-shape leaves (input and recurrent matrices gated separately);
+``unit_masks_from_gates`` builds the per-hidden-unit structured masks. A unit
+whose gate is 0 has all its gate columns, its recurrent row and its readout row
+zeroed: its pre-activations are exactly 0, so (from the zero initial state) its
+cell/hidden state stays exactly 0 for both cells and it cannot influence any
+output.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from metaprune_jax import types
+from metaprune_jax.nets import masked
+
+NUM_GATES = {'lstm': 4, 'gru': 3}
+"""Gate count ``G`` per cell name."""
+
+
+def _check_cell(cell: str) -> int:
+  if cell not in NUM_GATES:
+    raise ValueError(f'cell={cell!r} is not supported; valid cells: {sorted(NUM_GATES)}.')
+  return NUM_GATES[cell]
+
+
+def _init(key: types.PRNGKey, input_size: int, hidden_size: int, output_size: int,
+          cell: str) -> types.Params:
+  num_gates = _check_cell(cell)
+  for name, value in (('input_size', input_size), ('hidden_size', hidden_size),
+                      ('output_size', output_size)):
+    if value < 1:
+      raise ValueError(f'{name} must be a positive integer, got {value}.')
+  in_key, rec_key, out_key = jax.random.split(key, 3)
+  input_kernel = jax.nn.initializers.lecun_normal()(
+      in_key, (input_size, num_gates * hidden_size), jnp.float32)
+  # One orthogonal [H, H] block per gate.
+  rec_keys = jax.random.split(rec_key, num_gates)
+  orthogonal = jax.nn.initializers.orthogonal()
+  recurrent_kernel = jnp.concatenate(
+      [orthogonal(k, (hidden_size, hidden_size), jnp.float32) for k in rec_keys], axis=1)
+  bias = jnp.zeros((num_gates * hidden_size,), jnp.float32)
+  if cell == 'lstm':  # Forget-gate bias 1 (Jozefowicz et al., 2015).
+    bias = bias.at[hidden_size:2 * hidden_size].set(1.0)
+  readout = {
+      'kernel': jax.nn.initializers.lecun_normal()(out_key, (hidden_size, output_size),
+                                                   jnp.float32),
+      'bias': jnp.zeros((output_size,), jnp.float32),
+  }
+  return {'input_kernel': input_kernel, 'recurrent_kernel': recurrent_kernel,
+          'bias': bias, 'readout': readout}
+
+
+def init_lstm(key: types.PRNGKey, input_size: int, hidden_size: int,
+              output_size: int) -> types.Params:
+  """LSTM params (gate order ``i, f, g, o``; forget bias 1, other biases 0).
+
+  Returns:
+    ``{'input_kernel': [in, 4H], 'recurrent_kernel': [H, 4H], 'bias': [4H],
+    'readout': {'kernel': [H, out], 'bias': [out]}}``.
+  """
+  return _init(key, input_size, hidden_size, output_size, 'lstm')
+
+
+def init_gru(key: types.PRNGKey, input_size: int, hidden_size: int,
+             output_size: int) -> types.Params:
+  """GRU params (gate order ``r, z, n``; biases 0).
+
+  Returns:
+    ``{'input_kernel': [in, 3H], 'recurrent_kernel': [H, 3H], 'bias': [3H],
+    'readout': {'kernel': [H, out], 'bias': [out]}}``.
+  """
+  return _init(key, input_size, hidden_size, output_size, 'gru')
+
+
+def hidden_size_of(params: types.Params) -> int:
+  """``H`` read from ``recurrent_kernel`` ``[H, G*H]``."""
+  return params['recurrent_kernel'].shape[0]
+
+
+def initial_carry(params: types.Params, batch_size: int, cell: str):
+  """Zero state: LSTM ``(c, h)``, each ``[batch, H]``; GRU ``h`` ``[batch, H]``."""
+  _check_cell(cell)
+  zeros = jnp.zeros((batch_size, hidden_size_of(params)), params['recurrent_kernel'].dtype)
+  return (zeros, zeros) if cell == 'lstm' else zeros
+
+
+def lstm_cell(params: types.Params, carry, x_proj: jax.Array):
+  """One LSTM step on already-masked params.
+
+  Args:
+    params: (masked) LSTM params.
+    carry: ``(c, h)``, each ``[batch, H]``.
+    x_proj: input projection ``x @ input_kernel + bias``, ``[batch, 4H]``.
+
+  Returns:
+    ``((c', h'), h')``.
+  """
+  c, h = carry
+  pre = x_proj + h @ params['recurrent_kernel']
+  i, f, g, o = jnp.split(pre, 4, axis=-1)
+  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+  h = jax.nn.sigmoid(o) * jnp.tanh(c)
+  return (c, h), h
+
+
+def gru_cell(params: types.Params, h: jax.Array, x_proj: jax.Array):
+  """One GRU step on already-masked params.
+
+  Args:
+    params: (masked) GRU params.
+    h: ``[batch, H]``.
+    x_proj: input projection ``x @ input_kernel + bias``, ``[batch, 3H]``.
+
+  Returns:
+    ``(h', h')``.
+  """
+  hidden = h.shape[-1]
+  u_rz = params['recurrent_kernel'][:, :2 * hidden]
+  u_n = params['recurrent_kernel'][:, 2 * hidden:]
+  x_r, x_z, x_n = jnp.split(x_proj, 3, axis=-1)
+  h_r, h_z = jnp.split(h @ u_rz, 2, axis=-1)
+  r = jax.nn.sigmoid(x_r + h_r)
+  z = jax.nn.sigmoid(x_z + h_z)
+  n = jnp.tanh(x_n + (r * h) @ u_n)
+  h = (1.0 - z) * n + z * h
+  return h, h
+
+
+def input_projection(params: types.Params, inputs: jax.Array) -> jax.Array:
+  """``inputs @ input_kernel + bias``: ``[..., in] -> [..., G*H]`` (all steps in one matmul)."""
+  return inputs @ params['input_kernel'] + params['bias']
+
+
+def readout(params: types.Params, hidden: jax.Array) -> jax.Array:
+  """``[..., H] -> [..., out]``."""
+  return hidden @ params['readout']['kernel'] + params['readout']['bias']
+
+
+def rnn_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
+              *, cell: str, last_only: bool = False) -> jax.Array:
+  """Runs a masked LSTM/GRU over ``inputs`` and reads out every (or the last) step.
+
+  Args:
+    params: params from ``init_lstm`` / ``init_gru``.
+    inputs: ``[batch, time, in]``.
+    masks: ``None`` or a mask tree mirroring ``params``.
+    cell: ``'lstm'`` or ``'gru'``.
+    last_only: return only the readout of the final step.
+
+  Returns:
+    ``[batch, time, out]``, or ``[batch, out]`` when ``last_only``.
+  """
+  num_gates = _check_cell(cell)
+  if inputs.ndim != 3:
+    raise ValueError(f'inputs must be [batch, time, in], got shape {inputs.shape}.')
+  hidden = hidden_size_of(params)
+  if params['bias'].shape != (num_gates * hidden,):
+    raise ValueError(f"params do not match cell={cell!r}: bias has shape "
+                     f"{params['bias'].shape}, expected ({num_gates * hidden},).")
+  params = masked.apply_masks(params, masks)
+  x_proj = jnp.swapaxes(input_projection(params, inputs), 0, 1)  # [time, batch, G*H]
+  step = lstm_cell if cell == 'lstm' else gru_cell
+  _, hs = lax.scan(lambda carry, x: step(params, carry, x),
+                   initial_carry(params, inputs.shape[0], cell), x_proj)
+  if last_only:
+    return readout(params, hs[-1])
+  return readout(params, jnp.swapaxes(hs, 0, 1))
+
+
+def lstm_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
+               *, last_only: bool = False) -> jax.Array:
+  """Masked LSTM: ``[batch, time, in] -> [batch, time, out]`` (``[batch, out]`` if ``last_only``)."""
+  return rnn_apply(params, inputs, masks, cell='lstm', last_only=last_only)
+
+
+def gru_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
+              *, last_only: bool = False) -> jax.Array:
+  """Masked GRU: ``[batch, time, in] -> [batch, time, out]`` (``[batch, out]`` if ``last_only``)."""
+  return rnn_apply(params, inputs, masks, cell='gru', last_only=last_only)
+
+
+def unit_masks_from_gates(params: types.Params, unit_gates: jax.Array,
+                          cell: str = 'lstm') -> types.Masks:
+  """Structured masks that gate whole hidden units.
+
+  Unit ``j``'s gate multiplies its ``G`` columns (``k*H + j``) of the input
+  kernel, recurrent kernel and bias, its recurrent row ``j`` and its readout
+  row ``j``. Gates may be hard (0/1) or soft (e.g. hard-concrete samples).
+  Combine with per-weight masks by multiplying leaves.
+
+  Args:
+    params: LSTM/GRU params.
+    unit_gates: ``[H]``.
+    cell: ``'lstm'`` or ``'gru'``.
+
+  Returns:
+    ``{'input_kernel': [1, G*H], 'recurrent_kernel': [H, G*H], 'bias': [G*H],
+    'readout': {'kernel': [H, 1], 'bias': None}}``.
+  """
+  num_gates = _check_cell(cell)
+  hidden = hidden_size_of(params)
+  if unit_gates.shape != (hidden,):
+    raise ValueError(f'unit_gates must have shape [H]=({hidden},), got {unit_gates.shape}.')
+  if params['bias'].shape != (num_gates * hidden,):
+    raise ValueError(f"params do not match cell={cell!r}: bias has shape "
+                     f"{params['bias'].shape}, expected ({num_gates * hidden},).")
+  columns = jnp.tile(unit_gates, num_gates)  # [G*H]
+  return {
+      'input_kernel': columns[None, :],
+      'recurrent_kernel': unit_gates[:, None] * columns[None, :],
+      'bias': columns,
+      'readout': {'kernel': unit_gates[:, None], 'bias': None},
+  }
+
+
+def realised_sparsity(params: types.Params, masks: types.Masks | None) -> jax.Array:
+  """Fraction of all parameter scalars whose (broadcast) mask is exactly 0.
+
+  Structured mask leaves are broadcast onto their parameter first, so a
+  removed unit counts every weight it takes out. ``None`` leaves count as dense;
+  the denominator is every scalar in ``params`` (masked or not).
+
+  Returns:
+    A float32 scalar in ``[0, 1]``.
+  """
+  total = masked.count_params(params)
+  if masks is None:
+    return jnp.zeros((), jnp.float32)
+  zeros = jax.tree.map(
+      lambda p, m: jnp.zeros((), jnp.int32) if m is None
+      else jnp.sum(jnp.broadcast_to(m, p.shape) == 0, dtype=jnp.int32),
+      params, masks)
+  return sum(jax.tree.leaves(zeros), jnp.zeros((), jnp.int32)).astype(jnp.float32) / total
