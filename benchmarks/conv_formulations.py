@@ -47,7 +47,7 @@ _FORMULATIONS = flags.DEFINE_string(
     'patches,conv,conv_unrolled.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Small run: meta-batch 4, 3 timed steps.')
 _MAX_SECONDS = flags.DEFINE_float(
-    'max_seconds', 120.0, 'Stop timing a formulation after this many seconds '
+    'max_seconds', 60.0, 'Stop timing a formulation after this many seconds '
     '(at least 2 timed steps).')
 
 WAYS, SHOTS, QUERIES, IMAGE_SIZE, CHANNELS, WIDTH, DEPTH = 5, 1, 1, 28, 1, 64, 4

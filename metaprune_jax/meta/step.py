@@ -97,26 +97,26 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   a pass over every gate and is off the hot path: ``sparsity_metrics`` computes it
   when a log line is due.
   """
-  def objective_fn(meta_params, multiplier, tasks, key):
+  def objective_fn(meta_params, multiplier, tasks, key, step):
     query_loss = maml.batch_query_loss(meta_params, tasks, key, loss_fn=loss_fn, settings=settings,
                                        gate_mode='sample')
     gate_logits = meta_params.get('gate_logits')
     if gate_logits is None:
       return query_loss, (query_loss, jnp.ones((), jnp.float32))  # Dense: density 1.
     density = hard_concrete.expected_density(meta_params['params'], gate_logits, settings.hc)
-    total = l0_objective.outer_objective(query_loss, density, multiplier, objective)
+    total = l0_objective.outer_objective(query_loss, density, multiplier, objective, step)
     return total, (query_loss, density)
 
   def step(state: MetaState):
     key, task_key, gate_key = jax.random.split(state.key, 3)
     tasks = task_sampler(task_key, meta_batch_size)
     (total, (query_loss, density)), grads = jax.value_and_grad(objective_fn, has_aux=True)(
-        state.meta_params, state.multiplier, tasks, gate_key)
+        state.meta_params, state.multiplier, tasks, gate_key, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
     multiplier = state.multiplier
     if meta_params.get('gate_logits') is not None:
-      multiplier = l0_objective.update_multiplier(multiplier, query_loss, density, objective)
+      multiplier = l0_objective.update_multiplier(multiplier, query_loss, density, objective, state.step)
     metrics = {'outer/objective': total, 'outer/query_loss': query_loss,
                'mask/expected_sparsity': 1.0 - density, 'mask/multiplier': multiplier}
     new_state = MetaState(meta_params, opt_state, multiplier, state.step + 1, key)

@@ -174,7 +174,9 @@ def max_pool_2x2(x: types.Array) -> types.Array:
   batch, height, width, channels = x.shape
   h2, w2 = height // 2, width // 2
   x = x[:, :2 * h2, :2 * w2, :].reshape(batch, h2, 2, w2, 2, channels)
-  return jnp.max(x, axis=(2, 4))
+  return jnp.maximum(
+      jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
+      jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]))
 
 
 def _depth(params: types.Params) -> int:

@@ -1,0 +1,75 @@
+"""Sinusoid regression (Finn et al. 2017) with hard-concrete gates at 90% target sparsity.
+
+Paper settings: 2x40 ReLU MLP, meta-batch 25, K=10, one inner SGD step at
+lr 0.01, Adam 1e-3, 70,000 meta-steps, second-order. Override any field with
+``--config.FIELD=VALUE``; ``--config.mask=none`` trains dense MAML.
+"""
+
+import math
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = 'sinusoid'
+  config.seed = 0
+
+  # Tasks: amplitude, phase and input ranges of Finn et al.
+  config.amplitude_range = (0.1, 5.0)
+  config.phase_range = (0.0, math.pi)
+  config.input_range = (-5.0, 5.0)
+  config.num_shots = 10         # K support examples per meta-training task.
+  config.num_query = 10         # Query examples per meta-training task.
+
+  # Model.
+  config.hidden_sizes = (40, 40)
+  config.activation = 'relu'
+
+  # Meta-learning (outer loop and inner loop).
+  config.algorithm = 'maml'
+  config.first_order = False    # True: first-order MAML.
+  config.meta_batch_size = 25
+  config.num_outer_steps = 70_000
+  config.outer_lr = 1e-3
+  config.grad_clip_norm = 0.0   # 0 disables clipping.
+  config.inner_lr = 0.01
+  config.num_inner_steps = 1
+
+  # Gates (hard-concrete L0, Louizos et al. 2018).
+  config.mask = 'hard_concrete'  # 'hard_concrete' or 'none' (dense).
+  config.granularity = 'weight'  # 'weight', 'out_unit' (neurons) or 'in_unit'.
+  config.dense_layers = ()       # Module names left ungated, e.g. ('Dense_2',).
+  config.init_logit = 3.0        # log_alpha at init: gates start fully open.
+  config.gate_lr = 1e-2          # Adam step size on the gate logits.
+  config.hc_beta = 2.0 / 3.0
+  config.hc_gamma = -0.1
+  config.hc_zeta = 1.1
+  config.gate_noise = 'hash'     # 'hash' (fast keyed hash) or 'threefry'.
+  config.adapt_gates = False     # Also adapt gate logits in the inner loop.
+  config.inner_gate_lr = 0.1
+
+  # Sparsity objective over the expected density rho = E||m||_0 / N.
+  config.sparsity_mode = 'target'  # 'target' (dual ascent), 'penalty' or 'budget'.
+  config.target_sparsity = 0.9
+  config.sparsity_penalty = 0.0    # lambda of 'penalty' mode.
+  config.loss_budget = 0.5         # epsilon of 'budget' mode (L <= epsilon).
+  config.dual_lr = 1e-2
+  config.sparsity_warmup_steps = 20_000  # 'target' mode: ramp the target up from 0.
+  config.init_multiplier = 0.0
+
+  # Evaluation on fresh tasks at the end of the run.
+  config.eval_num_tasks = 600
+  config.eval_shots = (5, 10)
+  config.eval_steps = (1, 5, 10)
+  config.eval_num_query = 100
+  config.eval_inner_lr = config.get_ref('inner_lr')
+  config.divergence_threshold = 1e3  # A task above this query loss diverged ...
+  config.divergence_ratio = 10.0     # ... or one whose loss grew 10x by adapting.
+  config.dense_reference = True    # Also meta-train dense MAML with the same budget.
+
+  # Logging and checkpoints.
+  config.log_every_steps = 2000
+  config.checkpoint_every_steps = 10_000
+  config.keep_checkpoints = 3
+  return config

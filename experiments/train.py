@@ -1,0 +1,280 @@
+"""``run(config, workdir)``: meta-train, checkpoint, evaluate, plot. Importable from notebooks.
+
+Outputs in ``workdir``: ``config.json`` (resolved config), ``metrics.jsonl`` (one
+JSON line per log step), ``checkpoints/`` (atomic msgpack, the newest few),
+``summary.json`` (evaluation with 95% CIs) and ``training.png``. Rerunning with
+the same workdir resumes from the newest checkpoint and reproduces the numbers
+an uninterrupted run would have given.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from experiments import checkpoint
+from experiments import plots
+from experiments import problems
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import l0_objective
+from metaprune_jax.meta import evaluate
+from metaprune_jax.meta import maml
+from metaprune_jax.meta import step as meta_step
+from metaprune_jax.nets import masked
+
+MASKS = ('hard_concrete', 'none')
+ALGORITHMS = ('maml',)
+
+
+def _require(ok: bool, field: str, value, rule: str) -> None:
+  if not ok:
+    raise ValueError(f'--config.{field}={value!r} is invalid: {rule}.')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks every field before anything compiles; errors name the flag and the fix."""
+  if config.task not in problems.PROBLEMS:
+    raise ValueError(f'--task={config.task!r} is unknown; valid tasks: {", ".join(sorted(problems.PROBLEMS))}.')
+  _require(config.algorithm in ALGORITHMS, 'algorithm', config.algorithm, f'use one of {ALGORITHMS}')
+  for field in ('num_outer_steps', 'meta_batch_size', 'num_shots', 'num_query', 'log_every_steps',
+                'checkpoint_every_steps', 'keep_checkpoints', 'eval_num_query'):
+    _require(int(config[field]) > 0, field, config[field], 'must be a positive integer')
+  _require(int(config.num_inner_steps) > 0, 'num_inner_steps', config.num_inner_steps,
+           'must be a positive integer (MAML adapts at least once)')
+  _require(int(config.eval_num_tasks) >= 2, 'eval_num_tasks', config.eval_num_tasks,
+           'needs at least 2 tasks for a confidence interval')
+  for field in ('outer_lr', 'inner_lr', 'gate_lr', 'eval_inner_lr'):
+    _require(float(config[field]) > 0, field, config[field], 'must be > 0')
+  _require(config.mask in MASKS, 'mask', config.mask, f'use one of {MASKS}')
+  _require(config.granularity in hard_concrete.GRANULARITIES, 'granularity', config.granularity,
+           f'use one of {hard_concrete.GRANULARITIES}')
+  _require(config.gate_noise in ('hash', 'threefry'), 'gate_noise', config.gate_noise, "use 'hash' or 'threefry'")
+  _require(config.hc_beta > 0, 'hc_beta', config.hc_beta, 'must be > 0')
+  _require(config.hc_gamma < 0, 'hc_gamma', config.hc_gamma, 'must be < 0 (the stretch below 0)')
+  _require(config.hc_zeta > 1, 'hc_zeta', config.hc_zeta, 'must be > 1 (the stretch above 1)')
+  _require(len(config.eval_steps) > 0 and all(int(k) >= 0 for k in config.eval_steps), 'eval_steps',
+           config.eval_steps, 'must be a non-empty list of inner-step counts >= 0')
+  _require(len(config.eval_shots) > 0 and all(int(k) > 0 for k in config.eval_shots), 'eval_shots',
+           config.eval_shots, 'must be a non-empty list of positive shot counts')
+  _require(config.divergence_ratio > 1, 'divergence_ratio', config.divergence_ratio, 'must be > 1')
+  l0_objective.validate(_objective(config))
+
+
+def _objective(config) -> l0_objective.L0Objective:
+  return l0_objective.L0Objective(mode=config.sparsity_mode, penalty=float(config.sparsity_penalty),
+                                  target_sparsity=float(config.target_sparsity),
+                                  loss_budget=float(config.loss_budget), dual_lr=float(config.dual_lr),
+                                  warmup_steps=int(config.sparsity_warmup_steps))
+
+
+def _hc(config) -> hard_concrete.HardConcrete:
+  return hard_concrete.HardConcrete(float(config.hc_beta), float(config.hc_gamma), float(config.hc_zeta))
+
+
+def inner_settings(config, *, num_inner_steps=None, inner_lr=None) -> maml.InnerSettings:
+  return maml.InnerSettings(
+      inner_lr=float(config.inner_lr if inner_lr is None else inner_lr),
+      num_inner_steps=int(config.num_inner_steps if num_inner_steps is None else num_inner_steps),
+      first_order=bool(config.first_order), adapt_gates=bool(config.adapt_gates),
+      inner_gate_lr=float(config.inner_gate_lr), hc=_hc(config), noise=config.gate_noise)
+
+
+def init_state(config, problem: problems.Problem):
+  """The initial ``MetaState`` and the outer optimiser for ``config``."""
+  key = jax.random.key(config.seed)
+  init_key, train_key = jax.random.split(key)
+  params = problem.init_params(init_key)
+  gate_logits = None
+  if config.mask == 'hard_concrete':
+    spec = hard_concrete.default_granularity(config.granularity, tuple(config.dense_layers))
+    gate_logits = hard_concrete.init_gate_logits(params, spec, init_logit=float(config.init_logit))
+    if hard_concrete.num_gated_weights(params, gate_logits) == 0:
+      raise ValueError(f'--config.dense_layers={tuple(config.dense_layers)!r} leaves no layer gated.')
+  optimizer = meta_step.make_outer_optimizer(float(config.outer_lr), float(config.gate_lr),
+                                             float(config.grad_clip_norm) or None)
+  state = meta_step.init_meta_state(train_key, params, gate_logits, optimizer, float(config.init_multiplier))
+  return state, optimizer
+
+
+@functools.partial(jax.jit, static_argnames=('hc',))
+def _gated_sparsity(params, gate_logits, hc):
+  return (1.0 - hard_concrete.expected_density(params, gate_logits, hc),
+          hard_concrete.realised_sparsity(params, gate_logits, hc),
+          hard_concrete.nonzero_params(params, gate_logits, hc))
+
+
+def sparsity_report(meta_params, hc: hard_concrete.HardConcrete) -> dict[str, float]:
+  """Expected / realised sparsity and parameter counts of the deterministic sparse model."""
+  params, gate_logits = meta_params['params'], meta_params.get('gate_logits')
+  total = masked.count_params(params)
+  if gate_logits is None:
+    return {'expected_sparsity': 0.0, 'realised_sparsity': 0.0, 'gated_weights': 0,
+            'nonzero_params': total, 'total_params': total}
+  expected, realised, nonzero = _gated_sparsity(params, gate_logits, hc)
+  return {
+      'expected_sparsity': float(expected),
+      'realised_sparsity': float(realised),
+      'gated_weights': hard_concrete.num_gated_weights(params, gate_logits),
+      'nonzero_params': int(nonzero),
+      'total_params': total,
+  }
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+  """Drops log lines written after the checkpoint we resume from."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
+  with open(path, 'w') as f:
+    f.writelines(lines)
+
+
+def train(config, workdir: str, problem: problems.Problem):
+  """Meta-trains from scratch or from the newest checkpoint; returns the final state and timings."""
+  state, optimizer = init_state(config, problem)
+  restored = checkpoint.restore_latest(state, workdir)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from checkpoint at step %d.', int(state.step))
+    _truncate_metrics(metrics_path, int(state.step))
+  elif os.path.exists(metrics_path):
+    os.remove(metrics_path)
+  step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
+                                     meta_batch_size=int(config.meta_batch_size),
+                                     settings=inner_settings(config), objective=_objective(config))
+  hc = _hc(config)
+  num_steps = int(config.num_outer_steps)
+  start = int(state.step)
+  timings = {'compile_seconds': 0.0, 'train_seconds': 0.0, 'start_step': start}
+  if start >= num_steps:
+    return state, timings
+
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state)
+  jax.block_until_ready(metrics)
+  timings['compile_seconds'] = time.perf_counter() - t0
+  last_time, last_step = time.perf_counter(), start + 1
+  train_start = last_time
+  last_checkpoint = None
+  with open(metrics_path, 'a') as log_file:
+    for step in range(start + 1, num_steps + 1):
+      if step > start + 1:
+        state, metrics = step_fn(state)
+      is_last = step == num_steps
+      if step % config.log_every_steps == 0 or is_last:
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else float('nan')
+        last_time, last_step = now, step
+        report = sparsity_report(state.meta_params, hc)
+        host['mask/realised_sparsity'] = report['realised_sparsity']
+        if not all(math.isfinite(v) for v in host.values()):
+          where = f'the last good checkpoint is {last_checkpoint}' if last_checkpoint else 'no checkpoint yet'
+          raise FloatingPointError(f'Non-finite metrics at step {step}: {host}; {where}. Lower '
+                                   '--config.outer_lr or --config.inner_lr, or set --config.grad_clip_norm.')
+        record = {'step': step, 'steps_per_sec': rate, **host}
+        log_file.write(json.dumps(record) + '\n')
+        log_file.flush()
+        eta = (num_steps - step) / rate if math.isfinite(rate) and rate > 0 else float('nan')
+        logging.info('step %d/%d | %.0f steps/s | ETA %s | outer loss %.4f | query %s %.4f | '
+                     'sparsity expected %.3f realised %.3f | multiplier %.3g',
+                     step, num_steps, rate, _format_duration(eta) if math.isfinite(eta) else '?',
+                     host['outer/objective'], problem.metric, host['outer/query_loss'],
+                     host['mask/expected_sparsity'], host['mask/realised_sparsity'], host['mask/multiplier'])
+      if step % config.checkpoint_every_steps == 0 or is_last:
+        last_checkpoint = checkpoint.save(state, workdir, keep=int(config.keep_checkpoints))
+  timings['train_seconds'] = time.perf_counter() - train_start
+  return state, timings
+
+
+def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
+  """Fresh-task evaluation for every ``eval_shots`` and ``eval_steps``, sparse and gates-off.
+
+  The evaluation tasks come from a key folded off the seed, never from the
+  training stream, so every run with the same seed sees the same tasks.
+  """
+  max_steps = max(int(k) for k in config.eval_steps)
+  settings = inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
+  modes = ['deterministic', 'off'] if meta_params.get('gate_logits') is not None else ['off']
+  names = {'deterministic': 'sparse', 'off': 'gates_off' if len(modes) == 2 else 'dense'}
+  results = {}
+  eval_key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
+  for shots in config.eval_shots:
+    tasks = problem.eval_sampler(jax.random.fold_in(eval_key, int(shots)), int(config.eval_num_tasks), int(shots))
+    for mode in modes:
+      traces = evaluate.query_loss_traces(meta_params, tasks, loss_fn=problem.loss_fn, settings=settings,
+                                          gate_mode=mode)
+      results.setdefault(names[mode], {})[f'shots_{shots}'] = evaluate.summarise_traces(
+          traces, [int(k) for k in config.eval_steps], divergence_threshold=float(config.divergence_threshold),
+          divergence_ratio=float(config.divergence_ratio))
+  return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Meta-trains and evaluates ``config`` in ``workdir``; returns (and writes) the summary."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  problem = problems.get_problem(config)
+  state, timings = train(config, workdir, problem)
+  logging.info('Evaluating on %d fresh tasks per shot count ...', config.eval_num_tasks)
+  t0 = time.perf_counter()
+  results = evaluate_model(config, state.meta_params, problem)
+  summary = {
+      'task': config.task, 'seed': int(config.seed), 'metric': problem.metric, 'mask': config.mask,
+      'num_outer_steps': int(config.num_outer_steps), 'eval_num_tasks': int(config.eval_num_tasks),
+      'eval_inner_lr': float(config.eval_inner_lr), 'divergence_threshold': float(config.divergence_threshold),
+      'divergence_ratio': float(config.divergence_ratio),
+      'ci': '95% normal interval over non-diverged tasks: 1.96 * std / sqrt(n)',
+      'diverged': 'query loss non-finite, > divergence_threshold, or > divergence_ratio x its loss before adapting',
+      'sparsity': sparsity_report(state.meta_params, _hc(config)),
+      'timings': {**timings, 'eval_seconds': time.perf_counter() - t0},
+      'eval': results,
+  }
+  trained_steps = int(config.num_outer_steps) - timings['start_step']
+  if timings['train_seconds'] > 0 and trained_steps > 1:
+    summary['timings']['steps_per_sec'] = (trained_steps - 1) / timings['train_seconds']
+  if config.mask != 'none' and config.get('dense_reference', False):
+    dense = ml_collections.ConfigDict(config.to_dict())
+    dense.mask, dense.dense_reference = 'none', False
+    logging.info('Meta-training the dense reference with the same budget ...')
+    summary['dense_reference'] = run(dense, os.path.join(workdir, 'dense_reference'))
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
+                        title=f'{config.task} | mask={config.mask} | seed={config.seed}')
+  logging.info('%s', format_summary(summary))
+  return summary
+
+
+def format_summary(summary: dict) -> str:
+  """A human-readable table of the evaluation (mean +- 95% CI, median, diverged)."""
+  lines = [f"task={summary['task']} seed={summary['seed']} eval tasks={summary['eval_num_tasks']} "
+           f"realised sparsity={summary['sparsity']['realised_sparsity']:.3f} "
+           f"nonzero params={summary['sparsity']['nonzero_params']}/{summary['sparsity']['total_params']}"]
+  def add(name, results):
+    for shots, by_step in results.items():
+      for step, s in by_step.items():
+        lines.append(f"  {name:<16} {shots:<8} {step:<8} {summary['metric']} {s['mean']:.4f} +- {s['ci95']:.4f}"
+                     f"  median {s['median']:.4f}  diverged {s['num_diverged']}/{s['num_tasks']}")
+  for name, results in summary['eval'].items():
+    add(name, results)
+  if 'dense_reference' in summary:
+    for name, results in summary['dense_reference']['eval'].items():
+      add('dense_reference', results)
+  return '\n'.join(lines)

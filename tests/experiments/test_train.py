@@ -1,0 +1,100 @@
+"""End to end: a tiny run writes every output; resume equals uninterrupted; bad configs name the flag."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import checkpoint
+from experiments import problems
+from experiments import train
+from experiments.configs import smoke
+from tests import test_utils
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_tiny_run_writes_outputs_and_honest_summary(tmp_path):
+  config = smoke.get_config()
+  summary = train.run(config, str(tmp_path))
+  for name in ('config.json', 'metrics.jsonl', 'summary.json', 'training.png'):
+    assert (tmp_path / name).exists(), name
+  assert checkpoint.list_checkpoints(str(tmp_path))[-1][0] == config.num_outer_steps
+  stats = summary['eval']['sparse']['shots_5']['step_1']
+  assert stats['num_tasks'] == config.eval_num_tasks
+  assert {'mean', 'ci95', 'median', 'num_diverged'} <= set(stats)
+  assert set(summary['eval']) == {'sparse', 'gates_off'}
+  assert 0.0 <= summary['sparsity']['realised_sparsity'] < 1.0
+  assert summary['seed'] == config.seed
+  steps = [r['step'] for r in _read_metrics(str(tmp_path))]
+  assert steps == [10, 20, 30]
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+  config = smoke.get_config()
+  config.checkpoint_every_steps = 10
+  full = train.run(config, str(tmp_path / 'full'))
+  interrupted = smoke.get_config()
+  interrupted.checkpoint_every_steps = 10
+  interrupted.num_outer_steps = 20  # Stops (and checkpoints) at step 20 ...
+  train.run(interrupted, str(tmp_path / 'resumed'))
+  resumed = train.run(config, str(tmp_path / 'resumed'))  # ... and carries on to 30.
+  assert _read_metrics(str(tmp_path / 'full')) == [
+      {**r, 'steps_per_sec': _read_metrics(str(tmp_path / 'full'))[i]['steps_per_sec']}
+      for i, r in enumerate(_read_metrics(str(tmp_path / 'resumed')))]
+  assert full['eval'] == resumed['eval']
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+  config = smoke.get_config()
+  config.num_outer_steps = 10
+  train.run(config, str(tmp_path))
+  _, path = checkpoint.list_checkpoints(str(tmp_path))[-1]
+  with open(path, 'wb') as f:
+    f.write(b'\x00garbage')
+  with pytest.raises(ValueError, match='ckpt_10.msgpack'):
+    train.run(config, str(tmp_path))
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+  config = smoke.get_config()
+  config.num_outer_steps = 10
+  train.run(config, str(tmp_path))
+  config.hidden_sizes = (4,)
+  with pytest.raises(ValueError, match='does not match this config'):
+    train.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('field,value,flag', [
+    ('target_sparsity', 1.0, '--config.target_sparsity'),
+    ('target_sparsity', -0.2, '--config.target_sparsity'),
+    ('num_outer_steps', 0, '--config.num_outer_steps'),
+    ('num_inner_steps', 0, '--config.num_inner_steps'),
+    ('meta_batch_size', -1, '--config.meta_batch_size'),
+    ('task', 'imagenet', '--task'),
+    ('granularity', 'atoms', '--config.granularity'),
+])
+def test_bad_config_names_the_flag(field, value, flag):
+  config = smoke.get_config()
+  config[field] = value
+  with pytest.raises(ValueError, match=flag):
+    train.validate_config(config)
+
+
+def test_dense_mask_trains_without_gates(tmp_path):
+  config = smoke.get_config()
+  config.mask = 'none'
+  summary = train.run(config, str(tmp_path))
+  assert set(summary['eval']) == {'dense'}
+  assert summary['sparsity']['nonzero_params'] == summary['sparsity']['total_params']
+
+
+def test_problem_registry_lists_valid_tasks():
+  config = smoke.get_config()
+  config.task = 'nope'
+  with pytest.raises(ValueError, match='sinusoid'):
+    problems.get_problem(config)

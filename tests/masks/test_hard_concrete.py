@@ -1,0 +1,106 @@
+"""Hard-concrete gates: closed form vs Monte Carlo, exact 0/1, shapes, counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import noise
+from tests import test_utils
+
+HC = hard_concrete.HardConcrete()
+
+
+def _params():
+  return {'Dense_0': {'kernel': jnp.ones((3, 5)), 'bias': jnp.zeros(5)},
+          'Dense_1': {'kernel': jnp.ones((5, 2)), 'bias': jnp.zeros(2)}}
+
+
+@pytest.mark.parametrize('method', ['hash', 'threefry'])
+def test_prob_nonzero_matches_monte_carlo(method):
+  log_alpha = jnp.array([-4.0, -2.0, -0.5, 0.0, 1.0, 3.0])
+  u = noise.uniform(jax.random.key(0), (200_000, 6), method=method)
+  z = hard_concrete.gates_from_noise(log_alpha, u, HC)
+  mc = np.mean(np.asarray(z) > 0, axis=0)
+  test_utils.assert_close(mc, hard_concrete.prob_nonzero(log_alpha, HC), atol=4e-3)
+
+
+def test_gates_from_noise_equals_sigmoid_form_for_several_betas():
+  u = jnp.linspace(1e-4, 1 - 1e-4, 101)
+  for beta in (2 / 3, 0.5, 1.0, 0.25):
+    hc = hard_concrete.HardConcrete(beta=beta)
+    for la in (-3.0, 0.0, 2.5):
+      ref = jnp.clip(jax.nn.sigmoid((jnp.log(u) - jnp.log1p(-u) + la) / beta) * (hc.zeta - hc.gamma)
+                     + hc.gamma, 0.0, 1.0)
+      test_utils.assert_close(hard_concrete.gates_from_noise(jnp.float32(la), u, hc), ref, atol=2e-6)
+
+
+def test_gate_gradient_finite_at_extreme_logits():
+  u = jnp.full((4,), 0.3)
+  grad = jax.grad(lambda la: jnp.sum(hard_concrete.gates_from_noise(la, u, HC)))(
+      jnp.array([-200.0, -30.0, 30.0, 200.0]))
+  test_utils.assert_all_finite(grad)
+
+
+def test_deterministic_gates_hit_exact_zero_and_one():
+  z = hard_concrete.deterministic_gates({'a': jnp.array([-10.0, -3.0, 0.0, 3.0, 10.0])}, HC)['a']
+  assert float(z[0]) == 0.0 and float(z[1]) == 0.0
+  assert float(z[3]) == 1.0 and float(z[4]) == 1.0
+  assert 0.0 < float(z[2]) < 1.0
+
+
+def test_sampled_gates_put_mass_on_exact_zero_and_one():
+  z = hard_concrete.sample_gates({'a': jnp.zeros((10_000,))}, jax.random.key(1), HC)['a']
+  assert 0.05 < float(jnp.mean(z == 0.0)) < 0.5
+  assert 0.05 < float(jnp.mean(z == 1.0)) < 0.5
+
+
+@pytest.mark.parametrize('granularity,shapes', [
+    ('weight', [(3, 5), (5, 2)]), ('out_unit', [(5,), (2,)]), ('in_unit', [(3, 1), (5, 1)])])
+def test_init_gate_logits_shapes_and_dense_biases(granularity, shapes):
+  gates = hard_concrete.init_gate_logits(_params(), granularity)
+  assert gates['Dense_0']['bias'] is None and gates['Dense_1']['bias'] is None
+  assert [gates['Dense_0']['kernel'].shape, gates['Dense_1']['kernel'].shape] == shapes
+
+
+def test_dense_layers_are_left_ungated():
+  spec = hard_concrete.default_granularity('weight', dense_layers=('Dense_1',))
+  gates = hard_concrete.init_gate_logits(_params(), spec)
+  assert gates['Dense_1']['kernel'] is None and gates['Dense_0']['kernel'] is not None
+  assert hard_concrete.num_gated_weights(_params(), gates) == 15
+
+
+def test_unknown_granularity_is_rejected():
+  with pytest.raises(ValueError, match='granularity'):
+    hard_concrete.init_gate_logits(_params(), 'per_cat')
+
+
+def test_expected_l0_counts_structured_groups():
+  params = _params()
+  gates = hard_concrete.init_gate_logits(params, 'out_unit', init_logit=0.0)
+  p = float(hard_concrete.prob_nonzero(jnp.float32(0.0), HC))
+  total = hard_concrete.expected_l0(params, gates, HC)['total']
+  # 5 output units with 3 weights each, 2 output units with 5 weights each.
+  test_utils.assert_close(total, p * (5 * 3 + 2 * 5), rtol=1e-6)
+  test_utils.assert_close(hard_concrete.expected_density(params, gates, HC), p, rtol=1e-6)
+
+
+def test_expected_l0_matches_monte_carlo_over_a_tree():
+  params = _params()
+  key = jax.random.key(3)
+  gates = jax.tree.map(lambda g: jax.random.normal(key, g.shape) * 2.0,
+                       hard_concrete.init_gate_logits(params, 'weight'))
+  samples = jax.vmap(lambda k: hard_concrete.sample_gates(gates, k, HC))(jax.random.split(key, 20_000))
+  mc = sum(float(jnp.mean(jnp.sum(s != 0.0, axis=tuple(range(1, s.ndim)))))
+           for s in jax.tree.leaves(samples))
+  test_utils.assert_close(hard_concrete.expected_l0(params, gates, HC)['total'], mc, rtol=1e-2)
+
+
+def test_realised_sparsity_and_nonzero_params():
+  params = _params()
+  gates = hard_concrete.init_gate_logits(params, 'out_unit')
+  gates['Dense_0']['kernel'] = gates['Dense_0']['kernel'].at[:2].set(-10.0)  # Prune 2 of 5 units.
+  test_utils.assert_close(hard_concrete.realised_sparsity(params, gates, HC), 6 / 25)
+  # 15 + 10 gated weights, 6 pruned; biases (7) always count.
+  assert int(hard_concrete.nonzero_params(params, gates, HC)) == 25 - 6 + 7

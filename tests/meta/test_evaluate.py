@@ -1,0 +1,47 @@
+"""Evaluation statistics: CI, median, divergence accounting; traces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaprune_jax import losses
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.meta import evaluate
+from metaprune_jax.meta import maml
+from metaprune_jax.nets import mlp
+from metaprune_jax.tasks import sinusoid
+from tests import test_utils
+
+
+def test_summarise_matches_hand_computation():
+  values = np.array([1.0, 2.0, 3.0, 4.0])
+  s = evaluate.summarise(values)
+  test_utils.assert_close(s['mean'], 2.5)
+  test_utils.assert_close(s['ci95'], 1.96 * np.std(values, ddof=1) / 2.0)
+  assert s['median'] == 2.5 and s['num_diverged'] == 0 and s['num_tasks'] == 4
+
+
+def test_diverged_tasks_are_counted_not_averaged():
+  values = np.array([1.0, np.nan, np.inf, 5e3, 3.0, 40.0])
+  before = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+  s = evaluate.summarise(values, before, divergence_threshold=1e3, divergence_ratio=10.0)
+  assert s['num_diverged'] == 4  # nan, inf, above threshold, 20x worse than before.
+  test_utils.assert_close(s['mean'], 2.0)
+  assert np.isfinite(s['median']) and not np.isfinite(s['mean_all'])
+
+
+def test_traces_start_at_the_unadapted_loss_and_chunks_agree():
+  model = mlp.make_mlp((8,), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  meta_params = {'params': params, 'gate_logits': hard_concrete.init_gate_logits(params, 'weight')}
+  tasks = sinusoid.sample_sinusoid_tasks(jax.random.key(1), num_tasks=7, num_support=5, num_query=9)
+  loss_fn = losses.mse_loss(model.apply)
+  settings = maml.InnerSettings(inner_lr=0.01, num_inner_steps=3)
+  traces = evaluate.query_loss_traces(meta_params, tasks, loss_fn=loss_fn, settings=settings, chunk_size=3)
+  assert traces.shape == (7, 4)
+  whole = evaluate.query_loss_traces(meta_params, tasks, loss_fn=loss_fn, settings=settings, chunk_size=100)
+  test_utils.assert_close(traces, whole, rtol=1e-5)
+  unadapted = [float(loss_fn(params, tasks.query_inputs[i], tasks.query_targets[i])) for i in range(7)]
+  test_utils.assert_close(traces[:, 0], unadapted, rtol=1e-5)  # init_logit 3: gates exactly 1.
+  summary = evaluate.summarise_traces(traces, [0, 3])
+  assert set(summary) == {'step_0', 'step_3'}

@@ -1,0 +1,95 @@
+"""The jitted meta-step: no retracing, learning happens, target sparsity is reached."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from metaprune_jax import losses
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import l0_objective
+from metaprune_jax.meta import maml
+from metaprune_jax.meta import step as meta_step
+from metaprune_jax.nets import mlp
+from metaprune_jax.tasks import sinusoid
+from tests import test_utils
+
+
+def _build(gated=True, objective=l0_objective.L0Objective(), counter=None, hidden=(16, 16), first_order=False,
+           outer_lr=3e-3, gate_lr=5e-2):
+  model = mlp.make_mlp(hidden, 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  gates = hard_concrete.init_gate_logits(params, 'weight') if gated else None
+  optimizer = meta_step.make_outer_optimizer(outer_lr, gate_lr)
+  state = meta_step.init_meta_state(jax.random.key(1), params, gates, optimizer)
+
+  def sampler(key, num_tasks):
+    if counter is not None:
+      counter.count += 1  # Runs once per trace, never per call.
+    return sinusoid.sample_sinusoid_tasks(key, num_tasks=num_tasks, num_support=5, num_query=5)
+  step = meta_step.make_meta_step(sampler, losses.mse_loss(model.apply), optimizer, meta_batch_size=4,
+                                  settings=maml.InnerSettings(first_order=first_order), objective=objective)
+  return state, step
+
+
+@pytest.mark.parametrize('gated', [False, True])
+def test_no_recompilation_after_the_first_step(gated):
+  counter = test_utils.CompileCounter()
+  state, step = _build(gated=gated, counter=counter)
+  for _ in range(3):
+    state, metrics = step(state)
+  jax.block_until_ready(metrics)
+  assert counter.count == 1
+  assert int(state.step) == 3
+
+
+def test_state_is_donated():
+  state, step = _build()
+  old_leaf = state.meta_params['params']['Dense_0']['kernel']
+  state, _ = step(state)
+  assert old_leaf.is_deleted()
+
+
+def test_same_key_same_trajectory():
+  results = []
+  for _ in range(2):
+    state, step = _build()
+    for _ in range(5):
+      state, metrics = step(state)
+    results.append((state.meta_params, metrics))
+  test_utils.assert_trees_all_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize('first_order', [False, True])
+def test_meta_training_lowers_the_held_out_query_loss(first_order):
+  state, step = _build(gated=False, first_order=first_order, outer_lr=1e-2)
+  model = mlp.make_mlp((16, 16), 1)
+  held_out = sinusoid.sample_sinusoid_tasks(jax.random.key(9), num_tasks=200, num_support=5, num_query=20)
+
+  def held_out_loss(meta_params):
+    return float(maml.batch_query_loss(meta_params, held_out, jax.random.key(0),
+                                       loss_fn=losses.mse_loss(model.apply), settings=maml.InnerSettings()))
+  before = held_out_loss(jax.tree.map(jnp.copy, state.meta_params))
+  for _ in range(500):
+    state, _ = step(state)
+  assert held_out_loss(state.meta_params) < 0.8 * before
+
+
+def test_target_mode_reaches_the_requested_sparsity():
+  objective = l0_objective.L0Objective(mode='target', target_sparsity=0.6, dual_lr=0.05, warmup_steps=500)
+  state, step = _build(objective=objective, hidden=(8, 8))
+  for _ in range(1500):
+    state, metrics = step(state)
+  assert abs(float(metrics['mask/expected_sparsity']) - 0.6) < 0.08
+  report = meta_step.sparsity_metrics(state.meta_params['params'], state.meta_params['gate_logits'],
+                                      hard_concrete.HardConcrete())
+  assert float(report['mask/realised_sparsity']) > 0.5
+
+
+def test_penalty_mode_prunes_more_with_a_larger_penalty():
+  sparsities = []
+  for penalty in (0.0, 2.0):
+    state, step = _build(objective=l0_objective.L0Objective(mode='penalty', penalty=penalty), hidden=(8, 8))
+    for _ in range(300):
+      state, metrics = step(state)
+    sparsities.append(float(metrics['mask/expected_sparsity']))
+  assert sparsities[1] > sparsities[0] + 0.2
