@@ -19,7 +19,11 @@ FLOPs per meta-step are XLA's own count for the compiled step
 (``compiled.cost_analysis()['flops']``: 2 per multiply-add in dots and
 convolutions, 1 per elementwise op), reported beside an analytic count of the
 convolution/head multiply-adds alone (``analytic_conv_gflop``, see
-``analytic_flops``). GFLOP/s = XLA FLOPs x meta-steps/s.
+``analytic_flops``). GFLOP/s = XLA FLOPs x meta-steps/s. ``first_step_loss`` (same params and data
+for every formulation) should agree across formulations to ~1e-5.
+
+The CPU is shared: the JSON records ``os.getloadavg()`` before and after, and
+timings are only comparable within one run.
 
 Run::
 
@@ -129,7 +133,7 @@ def bench(formulation, meta_batch_size, num_steps, max_seconds):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get('flops', float('nan')))
   params, opt_state, loss = compiled(params, opt_state, batch)  # warm-up
-  jax.block_until_ready(loss)
+  first_step_loss = float(loss)  # same params and data for every formulation
   times, begin = [], time.perf_counter()
   for _ in range(num_steps):
     start = time.perf_counter()
@@ -146,7 +150,7 @@ def bench(formulation, meta_batch_size, num_steps, max_seconds):
       'timed_steps': len(times),
       'xla_gflop_per_step': round(xla_flops / 1e9, 3),
       'gflop_per_s': round(xla_flops / 1e9 / median_s, 1),
-      'final_loss': float(loss),
+      'first_step_loss': first_step_loss,
   }
 
 

@@ -71,7 +71,8 @@ def _objective(config) -> l0_objective.L0Objective:
   return l0_objective.L0Objective(mode=config.sparsity_mode, penalty=float(config.sparsity_penalty),
                                   target_sparsity=float(config.target_sparsity),
                                   loss_budget=float(config.loss_budget), dual_lr=float(config.dual_lr),
-                                  warmup_steps=int(config.sparsity_warmup_steps))
+                                  warmup_steps=int(config.sparsity_warmup_steps),
+                                  quadratic=float(config.sparsity_quadratic))
 
 
 def _hc(config) -> hard_concrete.HardConcrete:

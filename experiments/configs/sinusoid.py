@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss_budget = 0.5         # epsilon of 'budget' mode (L <= epsilon).
   config.dual_lr = 1e-2
   config.sparsity_warmup_steps = 20_000  # 'target' mode: ramp the target up from 0.
+  config.sparsity_quadratic = 0.0  # 'target' mode: augmented-Lagrangian weight.
   config.init_multiplier = 0.0
 
   # Evaluation on fresh tasks at the end of the run.

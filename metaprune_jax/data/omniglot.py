@@ -64,7 +64,7 @@ _DATA_DIR_HELP = (
     ' (and/or images_background.zip, images_evaluation.zip) from'
     ' https://github.com/brendenlake/omniglot/tree/master/python, or their'
     ' extracted images_*/<alphabet>/<character>/*.png folders; in this'
-    ' repository they are in /work/shared/data/omniglot. Or use the'
+    ' project checkout they are in ../shared/data/omniglot. Or use the'
     ' tensorflow-datasets path: metaprune_jax.data.omniglot.load_from_tfds.')
 
 

@@ -204,7 +204,7 @@ def load_strokes(data_dir: str, *, num_points: int = 64,
 
   Args:
     data_dir: folder holding ``strokes_background_small{1,2}.zip`` (e.g.
-      ``/work/shared/data/omniglot``).
+      ``../shared/data/omniglot`` beside the checkout).
     num_points: sequence length after resampling.
     cache_dir: if set, the decoded array is cached there as
       ``omniglot_strokes_<num_points>_<key>.npz`` (see module doc); ``None``

@@ -6,8 +6,9 @@ gated weights expected to be nonzero, so every multiplier is scale-free):
 * ``'penalty'``: minimise ``L + lambda * rho`` with a fixed ``lambda``.
 * ``'target'``: reach a requested expected sparsity ``s*`` by dual ascent on the
   Lagrange multiplier of the equality ``rho = 1 - s*``: minimise
-  ``L + mu * (rho - (1 - s*))`` over the network, and step
-  ``mu <- mu + dual_lr * (rho - (1 - s*))``. ``mu`` may turn negative: sampled
+  ``L + mu * (rho - (1 - s*)) + quadratic * (rho - (1 - s*))**2`` over the
+  network (the quadratic term, an augmented Lagrangian, pulls back at once while
+  the multiplier catches up), and step ``mu <- mu + dual_lr * (rho - (1 - s*))``. ``mu`` may turn negative: sampled
   gates add noise, so the task loss alone tends to close gates, and an
   inequality form would then overshoot the target with ``mu`` stuck at 0.
 * ``'budget'``: the constrained form ``min rho  s.t.  L <= epsilon``: minimise
@@ -41,6 +42,7 @@ class L0Objective(NamedTuple):
     loss_budget: ``epsilon`` of the ``'budget'`` mode.
     dual_lr: step size of the multiplier's dual ascent.
     warmup_steps: meta-steps over which the target sparsity ramps up from 0.
+    quadratic: weight of the augmented-Lagrangian term in ``'target'`` mode.
   """
   mode: str = 'target'
   penalty: float = 0.0
@@ -48,6 +50,7 @@ class L0Objective(NamedTuple):
   loss_budget: float = 0.5
   dual_lr: float = 1e-3
   warmup_steps: int = 0
+  quadratic: float = 0.0
 
 
 def validate(objective: L0Objective) -> None:
@@ -59,6 +62,8 @@ def validate(objective: L0Objective) -> None:
                      'pass a fraction of weights to prune, e.g. 0.9.')
   if objective.penalty < 0:
     raise ValueError(f'--config.sparsity_penalty={objective.penalty} must be >= 0.')
+  if objective.quadratic < 0:
+    raise ValueError(f'--config.sparsity_quadratic={objective.quadratic} must be >= 0.')
   if objective.dual_lr < 0:
     raise ValueError(f'--config.dual_lr={objective.dual_lr} must be >= 0.')
   if objective.warmup_steps < 0:
@@ -86,7 +91,8 @@ def outer_objective(task_loss: jax.Array, density: jax.Array, multiplier: jax.Ar
     return task_loss + objective.penalty * density
   if objective.mode == 'target':
     target = objective.target_sparsity if step is None else target_sparsity_at(objective, step)
-    return task_loss + mu * (density - (1.0 - target))
+    violation = density - (1.0 - target)
+    return task_loss + mu * violation + objective.quadratic * violation ** 2
   if objective.mode == 'budget':
     return density + mu * (task_loss - objective.loss_budget)
   raise ValueError(f'unknown sparsity mode {objective.mode!r}; use one of {MODES}.')

@@ -39,12 +39,18 @@ Formulations of the convolution (``method``):
   it into a batched matmul (``'tbhwk,tko->tbhwo'``), which XLA:CPU runs fast;
   the gradients are matmuls plus pads / adds.
 * ``'auto'``: ``'patches'`` on the CPU backend, ``'conv'`` elsewhere (chosen
-  from ``jax.default_backend()`` at trace time).
+  from ``jax.default_backend()`` at trace time). The accelerator choice is not
+  measured yet: grouped convolutions are native on GPU/TPU, and ``'patches'``
+  (plain batched matmuls) is a safe fallback there too.
 
 Both formulations compute the same function (up to float rounding) with the
 same parameters; see ``benchmarks/conv_formulations.py`` for their speed.
-Max-pooling is a reshape followed by ``max`` (the gradient of
-``lax.reduce_window`` is much slower on XLA:CPU).
+Max-pooling is a reshape followed by pairwise ``jnp.maximum`` of the four
+window entries. Not ``lax.reduce_window`` (its gradient is much slower on
+XLA:CPU), and not ``jnp.max`` over the window axes: its gradient marks the
+arg-max by comparing the input with the recomputed max, and under ``jit`` +
+``vmap`` of second-order MAML XLA may compute the two with different rounding,
+which silently gave wrong meta-gradients (see the tests).
 """
 
 import jax
@@ -170,7 +176,10 @@ def batch_norm(x: types.Array, scale: types.Array,
 
 
 def max_pool_2x2(x: types.Array) -> types.Array:
-  """2x2 stride-2 max-pool of ``[batch, H, W, C]`` by reshape; odd edges are dropped."""
+  """2x2 stride-2 max-pool of ``[batch, H, W, C]`` by reshape; odd edges are dropped.
+
+  Pairwise ``jnp.maximum`` keeps the gradient exact under jit (module docstring).
+  """
   batch, height, width, channels = x.shape
   h2, w2 = height // 2, width // 2
   x = x[:, :2 * h2, :2 * w2, :].reshape(batch, h2, 2, w2, 2, channels)

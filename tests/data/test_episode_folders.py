@@ -10,8 +10,9 @@ from PIL import Image
 from metaprune_jax.data import episode_folders
 from metaprune_jax.data import omniglot
 from tests import test_utils
+from tests.shared_data import OMNIGLOT_DIR
 
-SMALL1 = '/work/shared/data/omniglot/images_background_small1.zip'
+SMALL1 = os.path.join(OMNIGLOT_DIR, 'images_background_small1.zip')
 
 
 def _glyph(path, size, box, mode='L'):

@@ -14,7 +14,7 @@ from metaprune_jax.data import omniglot
 from metaprune_jax.tasks import omniglot as omniglot_tasks
 from tests import test_utils
 
-SHARED = '/work/shared/data/omniglot'
+from tests.shared_data import OMNIGLOT_DIR as SHARED
 SMALL1 = os.path.join(SHARED, 'images_background_small1.zip')
 SMALL2 = os.path.join(SHARED, 'images_background_small2.zip')
 needs_data = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pytest
 from metaprune_jax.data import strokes
 from tests import test_utils
 
-DATA_DIR = '/work/shared/data/omniglot'
+from tests.shared_data import OMNIGLOT_DIR as DATA_DIR
 REAL_MEMBER = 'strokes_background_small1/Balinese/character01/0108_01.txt'
 needs_data = pytest.mark.skipif(
     not os.path.isfile(os.path.join(DATA_DIR, strokes.ARCHIVES[0])),

@@ -58,3 +58,11 @@ def test_target_ramps_over_warmup_steps():
   test_utils.assert_close(l0_objective.target_sparsity_at(obj, 500), 0.8)
   # At step 50 a density of 0.6 meets the ramped target exactly: the multiplier stays put.
   test_utils.assert_close(l0_objective.update_multiplier(jnp.float32(1.0), 0.0, jnp.float32(0.6), obj, 50), 1.0)
+
+
+def test_quadratic_term_pulls_toward_the_target_from_both_sides():
+  obj = l0_objective.L0Objective(mode='target', target_sparsity=0.9, quadratic=10.0)
+  grad = lambda d: float(jax.grad(lambda x: l0_objective.outer_objective(
+      jnp.float32(0.0), x, jnp.float32(0.0), obj))(jnp.float32(d)))
+  test_utils.assert_close(grad(0.2), 2 * 10.0 * 0.1, rtol=1e-5)   # Too dense: push density down.
+  test_utils.assert_close(grad(0.05), -2 * 10.0 * 0.05, rtol=1e-5)  # Too sparse: push it up.
