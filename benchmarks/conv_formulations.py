@@ -19,8 +19,9 @@ FLOPs per meta-step are XLA's own count for the compiled step
 (``compiled.cost_analysis()['flops']``: 2 per multiply-add in dots and
 convolutions, 1 per elementwise op), reported beside an analytic count of the
 convolution/head multiply-adds alone (``analytic_conv_gflop``, see
-``analytic_flops``). GFLOP/s = XLA FLOPs x meta-steps/s. ``first_step_loss`` (same params and data
-for every formulation) should agree across formulations to ~1e-5.
+``analytic_flops``). GFLOP/s = XLA FLOPs x meta-steps/s. ``first_step_loss``
+(same params and data for every formulation) should agree across formulations
+to ~1e-5.
 
 The CPU is shared: the JSON records ``os.getloadavg()`` before and after, and
 timings are only comparable within one run.

@@ -31,7 +31,7 @@ class Problem(NamedTuple):
 
 
 def sinusoid_problem(config: ml_collections.ConfigDict) -> Problem:
-  model = mlp.make_mlp(config.hidden_sizes, 1, config.activation)
+  model = mlp.make_mlp(config.hidden_sizes, 1, config.activation, config.kernel_init_std)
   ranges = sinusoid.SinusoidRanges(tuple(config.amplitude_range), tuple(config.phase_range),
                                    tuple(config.input_range))
 

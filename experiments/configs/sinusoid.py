@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model.
   config.hidden_sizes = (40, 40)
   config.activation = 'relu'
+  config.kernel_init_std = 0.0  # > 0: truncated-normal kernels with this std; 0: LeCun normal.
 
   # Meta-learning (outer loop and inner loop).
   config.algorithm = 'maml'
@@ -40,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mask = 'hard_concrete'  # 'hard_concrete' or 'none' (dense).
   config.granularity = 'weight'  # 'weight', 'out_unit' (neurons) or 'in_unit'.
   config.dense_layers = ()       # Module names left ungated, e.g. ('Dense_2',).
-  config.init_logit = 3.0        # log_alpha at init: gates start fully open.
+  config.init_logit = 1.0        # log_alpha at init: P(gate != 0) = 0.93.
   config.gate_lr = 1e-2          # Adam step size on the gate logits.
   config.hc_beta = 2.0 / 3.0
   config.hc_gamma = -0.1
@@ -54,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.target_sparsity = 0.9
   config.sparsity_penalty = 0.0    # lambda of 'penalty' mode.
   config.loss_budget = 0.5         # epsilon of 'budget' mode (L <= epsilon).
-  config.dual_lr = 1e-2
+  config.dual_lr = 0.1
   config.sparsity_warmup_steps = 20_000  # 'target' mode: ramp the target up from 0.
   config.sparsity_quadratic = 0.0  # 'target' mode: augmented-Lagrangian weight.
   config.init_multiplier = 0.0

@@ -168,7 +168,11 @@ def conv2d(images: types.Array, kernel: types.Array, *,
 
 def batch_norm(x: types.Array, scale: types.Array,
                offset: types.Array) -> types.Array:
-  """Normalises ``x`` ``[batch, height, width, channels]`` with its own batch statistics."""
+  """Normalises ``x`` ``[batch, height, width, channels]`` with its own batch stats.
+
+  Mean and biased variance per channel over ``[batch, height, width]``; then
+  ``* scale + offset`` (both ``[channels]``). No running averages.
+  """
   mean = jnp.mean(x, axis=(0, 1, 2))
   centered = x - mean
   variance = jnp.mean(jnp.square(centered), axis=(0, 1, 2))
