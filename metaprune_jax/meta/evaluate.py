@@ -22,16 +22,16 @@ from metaprune_jax.meta import maml
 
 
 @functools.partial(jax.jit, static_argnames=('loss_fn', 'settings', 'gate_mode'))
-def _traces(meta_params, tasks: types.TaskBatch, *, loss_fn, settings, gate_mode):
+def _traces(meta_params, tasks: types.TaskBatch, fixed_masks, *, loss_fn, settings, gate_mode):
   return jax.vmap(
       lambda task: maml.query_loss_trace(meta_params, task, loss_fn=loss_fn, settings=settings,
-                                         gate_mode=gate_mode),
+                                         gate_mode=gate_mode, fixed_masks=fixed_masks),
       in_axes=(0,))(tasks)
 
 
 def query_loss_traces(meta_params, tasks: types.TaskBatch, *, loss_fn: maml.LossFn,
                       settings: maml.InnerSettings, gate_mode: str = 'deterministic',
-                      chunk_size: int = 200) -> np.ndarray:
+                      chunk_size: int = 200, fixed_masks=None) -> np.ndarray:
   """Query loss of every task before and after each inner step.
 
   Args:
@@ -41,6 +41,7 @@ def query_loss_traces(meta_params, tasks: types.TaskBatch, *, loss_fn: maml.Loss
     settings: inner-loop settings; ``num_inner_steps`` is the longest horizon.
     gate_mode: ``'deterministic'`` (the sparse model) or ``'off'`` (dense counterpart).
     chunk_size: tasks per jitted call.
+    fixed_masks: optional fixed mask tree (pruning baselines).
 
   Returns:
     ``[num_tasks, num_inner_steps + 1]`` float64 numpy array.
@@ -49,7 +50,7 @@ def query_loss_traces(meta_params, tasks: types.TaskBatch, *, loss_fn: maml.Loss
   out = []
   for start in range(0, num_tasks, chunk_size):
     chunk = jax.tree.map(lambda x, s=start: x[s:s + chunk_size], tasks)
-    out.append(np.asarray(_traces(meta_params, chunk, loss_fn=loss_fn, settings=settings,
+    out.append(np.asarray(_traces(meta_params, chunk, fixed_masks, loss_fn=loss_fn, settings=settings,
                                   gate_mode=gate_mode), np.float64))
   return np.concatenate(out, axis=0)
 

@@ -7,7 +7,11 @@ through the inner loop; the inner loop updates the weights (and, with
 adaptation is the task's outer loss.
 
 Gate modes: ``'sample'`` (training: reparameterised noise), ``'deterministic'``
-(evaluation: exact 0/1 gates) and ``'off'`` (the dense counterpart: no masks).
+(evaluation: exact 0/1 gates) and ``'off'`` (the dense counterpart: no gates).
+
+``fixed_masks`` (a mask tree, e.g. from magnitude pruning) are not learned: they
+multiply the weights in every inner and outer forward pass, in every gate mode,
+so a pruned weight gets zero gradient and never comes back.
 """
 
 from collections.abc import Callable
@@ -64,7 +68,7 @@ def _masks(gate_logits, noise, gate_mode: str, hc):
 
 
 def _adaptation(meta_params, task: types.TaskBatch, key, loss_fn: LossFn, settings: InnerSettings,
-                gate_mode: str, trace_query: bool):
+                gate_mode: str, trace_query: bool, fixed_masks=None):
   """Adapts on the support set; returns the adapted fast weights, the mask function and a trace."""
   if gate_mode not in GATE_MODES:
     raise ValueError(f'gate_mode={gate_mode!r} is unknown; use one of {GATE_MODES}.')
@@ -74,6 +78,7 @@ def _adaptation(meta_params, task: types.TaskBatch, key, loss_fn: LossFn, settin
 
   def effective(fast):
     p, logits = fast if adapt_gates else (fast, gate_logits)
+    p = masked.apply_masks(p, fixed_masks)
     return masked.apply_masks(p, _masks(logits, noise, gate_mode, settings.hc))
 
   def support_loss(fast):
@@ -95,7 +100,7 @@ def _adaptation(meta_params, task: types.TaskBatch, key, loss_fn: LossFn, settin
 
 
 def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
-                    settings: InnerSettings, gate_mode: str = 'sample') -> jax.Array:
+                    settings: InnerSettings, gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
   """Query loss of one task after inner adaptation (a scalar).
 
   Args:
@@ -105,24 +110,26 @@ def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey, *, l
     loss_fn: ``(params, inputs, targets) -> scalar``.
     settings: inner-loop settings.
     gate_mode: one of ``GATE_MODES``.
+    fixed_masks: optional fixed mask tree mirroring the params.
   """
-  adapted, query_loss = _adaptation(meta_params, task, key, loss_fn, settings, gate_mode, False)
+  adapted, query_loss = _adaptation(meta_params, task, key, loss_fn, settings, gate_mode, False, fixed_masks)
   return query_loss(adapted)
 
 
 def query_loss_trace(meta_params, task: types.TaskBatch, *, loss_fn: LossFn, settings: InnerSettings,
-                     gate_mode: str = 'deterministic') -> jax.Array:
+                     gate_mode: str = 'deterministic', fixed_masks=None) -> jax.Array:
   """Query loss before and after every inner step: ``[num_inner_steps + 1]`` (evaluation)."""
-  (_, trace), _ = _adaptation(meta_params, task, jax.random.key(0), loss_fn, settings, gate_mode, True)
+  (_, trace), _ = _adaptation(meta_params, task, jax.random.key(0), loss_fn, settings, gate_mode, True,
+                              fixed_masks)
   return trace
 
 
 def batch_query_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
-                     settings: InnerSettings, gate_mode: str = 'sample') -> jax.Array:
+                     settings: InnerSettings, gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
   """Mean query loss over a task batch (``vmap`` over the leading task axis)."""
   keys = jax.random.split(key, tasks.support_inputs.shape[0])
   losses = jax.vmap(
       lambda task, k: task_query_loss(meta_params, task, k, loss_fn=loss_fn, settings=settings,
-                                      gate_mode=gate_mode),
+                                      gate_mode=gate_mode, fixed_masks=fixed_masks),
       in_axes=(0, 0))(tasks, keys)
   return jnp.mean(losses)

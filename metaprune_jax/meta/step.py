@@ -16,6 +16,7 @@ from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
 from metaprune_jax.meta import maml
+from metaprune_jax.nets import masked
 
 TaskSampler = Callable[[types.PRNGKey, int], types.TaskBatch]
 
@@ -29,12 +30,15 @@ class MetaState(NamedTuple):
     multiplier: Lagrange multiplier of the sparsity constraint (scalar).
     step: number of meta-steps taken (int32 scalar).
     key: PRNG key for the next step.
+    masks: fixed (not learned) mask tree mirroring the params, or None. Pruned
+      weights are zeroed after every outer update, so they stay exactly zero.
   """
   meta_params: dict
   opt_state: optax.OptState
   multiplier: jax.Array
   step: jax.Array
   key: types.PRNGKey
+  masks: types.Masks | None = None
 
 
 def scale_by_group(group_lrs: dict[str, float]) -> optax.GradientTransformation:
@@ -65,11 +69,13 @@ def make_outer_optimizer(outer_lr: float, gate_lr: float | None = None,
 
 
 def init_meta_state(key: types.PRNGKey, params: types.Params, gate_logits: types.GateLogits | None,
-                    optimizer: optax.GradientTransformation, init_multiplier: float = 0.0) -> MetaState:
-  meta_params = {'params': params, 'gate_logits': gate_logits}
+                    optimizer: optax.GradientTransformation, init_multiplier: float = 0.0,
+                    masks: types.Masks | None = None) -> MetaState:
+  """A fresh state; with ``masks`` the pruned weights are zeroed from the start."""
+  meta_params = {'params': masked.apply_masks(params, masks), 'gate_logits': gate_logits}
   return MetaState(meta_params=meta_params, opt_state=optimizer.init(meta_params),
                    multiplier=jnp.asarray(init_multiplier, jnp.float32),
-                   step=jnp.zeros((), jnp.int32), key=key)
+                   step=jnp.zeros((), jnp.int32), key=key, masks=masks)
 
 
 def sparsity_metrics(params, gate_logits, hc: hard_concrete.HardConcrete) -> dict[str, jax.Array]:
@@ -97,9 +103,9 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   a pass over every gate and is off the hot path: ``sparsity_metrics`` computes it
   when a log line is due.
   """
-  def objective_fn(meta_params, multiplier, tasks, key, step):
+  def objective_fn(meta_params, multiplier, tasks, key, step, fixed_masks):
     query_loss = maml.batch_query_loss(meta_params, tasks, key, loss_fn=loss_fn, settings=settings,
-                                       gate_mode='sample')
+                                       gate_mode='sample', fixed_masks=fixed_masks)
     gate_logits = meta_params.get('gate_logits')
     if gate_logits is None:
       return query_loss, (query_loss, jnp.ones((), jnp.float32))  # Dense: density 1.
@@ -111,15 +117,17 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
     key, task_key, gate_key = jax.random.split(state.key, 3)
     tasks = task_sampler(task_key, meta_batch_size)
     (total, (query_loss, density)), grads = jax.value_and_grad(objective_fn, has_aux=True)(
-        state.meta_params, state.multiplier, tasks, gate_key, state.step)
+        state.meta_params, state.multiplier, tasks, gate_key, state.step, state.masks)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
+    if state.masks is not None:  # Momentum from before pruning must not revive a pruned weight.
+      meta_params = {**meta_params, 'params': masked.apply_masks(meta_params['params'], state.masks)}
     multiplier = state.multiplier
     if meta_params.get('gate_logits') is not None:
       multiplier = l0_objective.update_multiplier(multiplier, query_loss, density, objective, state.step)
     metrics = {'outer/objective': total, 'outer/query_loss': query_loss,
                'mask/expected_sparsity': 1.0 - density, 'mask/multiplier': multiplier}
-    new_state = MetaState(meta_params, opt_state, multiplier, state.step + 1, key)
+    new_state = MetaState(meta_params, opt_state, multiplier, state.step + 1, key, state.masks)
     return new_state, metrics
 
   return jax.jit(step, donate_argnums=(0,) if donate else ())

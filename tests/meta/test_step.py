@@ -93,3 +93,29 @@ def test_penalty_mode_prunes_more_with_a_larger_penalty():
       state, metrics = step(state)
     sparsities.append(float(metrics['mask/expected_sparsity']))
   assert sparsities[1] > sparsities[0] + 0.2
+
+
+def test_fixed_masks_keep_pruned_weights_exactly_zero_through_inner_and_outer_updates():
+  model = mlp.make_mlp((8, 8), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  masks = jax.tree.map(lambda x: None, params)
+  masks['Dense_1']['kernel'] = (jax.random.uniform(jax.random.key(2), (8, 8)) > 0.5).astype(jnp.float32)
+  optimizer = meta_step.make_outer_optimizer(1e-2)
+  state = meta_step.init_meta_state(jax.random.key(1), jax.tree.map(jnp.copy, params), None, optimizer,
+                                    masks=jax.tree.map(jnp.copy, masks))  # The step donates its state.
+  sampler = lambda key, n: sinusoid.sample_sinusoid_tasks(key, num_tasks=n, num_support=5, num_query=5)
+  step = meta_step.make_meta_step(sampler, losses.mse_loss(model.apply), optimizer, meta_batch_size=4,
+                                  settings=maml.InnerSettings(num_inner_steps=2))
+  for _ in range(20):
+    state, _ = step(state)
+  kernel = state.meta_params['params']['Dense_1']['kernel']
+  pruned = masks['Dense_1']['kernel'] == 0
+  assert float(jnp.abs(jnp.where(pruned, kernel, 0.0)).max()) == 0.0
+  assert float(jnp.abs(jnp.where(pruned, 0.0, kernel - params['Dense_1']['kernel'])).max()) > 0.0
+  # Inside the inner loop too: adapted weights keep the zeros.
+  task = jax.tree.map(lambda x: x[0], sampler(jax.random.key(3), 1))
+  from metaprune_jax.meta import inner  # pylint: disable=g-import-not-at-top
+  support = lambda p: losses.mse_loss(model.apply)(
+      jax.tree.map(lambda w, m: w if m is None else w * m, p, masks), task.support_inputs, task.support_targets)
+  adapted = inner.adapt(support, state.meta_params['params'], inner_lr=0.1, num_inner_steps=3)
+  assert float(jnp.abs(jnp.where(pruned, adapted['Dense_1']['kernel'], 0.0)).max()) == 0.0
