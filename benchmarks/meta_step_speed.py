@@ -4,14 +4,15 @@
 Adam outer update; task sampling inside the jitted step. Variants measured in the
 same process: the library's dense step, its gated step (per-weight hard-concrete
 gates), and a minimal hand-written jit+vmap MAML for reference. Each variant:
-compile (first call) timed separately, then ``--repeats`` timings of
-``--steps`` calls each, ``block_until_ready`` at the end of each; the median is
-reported.
+compile (first call) timed separately, then ``--repeats`` rounds in which every
+variant runs ``--steps`` calls (round-robin, so a change in machine load hits
+all variants alike), ``block_until_ready`` at the end of each; medians reported.
 
 Usage: python -m benchmarks.meta_step_speed [--steps=2000 --repeats=7 --first_order]
 """
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -37,21 +38,31 @@ _GRANULARITY = flags.DEFINE_string('granularity', 'weight', 'Gate granularity of
 META_BATCH, SHOTS, INNER_LR = 25, 10, 0.01
 
 
-def _time(step, state, steps, repeats):
+def _compile(step, state):
   t0 = time.perf_counter()
   state, out = step(state)
   jax.block_until_ready(out)
-  compile_seconds = time.perf_counter() - t0
-  rates = []
+  return state, time.perf_counter() - t0
+
+
+def _time_interleaved(variants: dict, steps: int, repeats: int) -> dict:
+  """Compiles every variant, then times them round-robin so load drifts hit all alike."""
+  states, compile_seconds, rates = {}, {}, {name: [] for name in variants}
+  for name, (step, state) in variants.items():
+    states[name], compile_seconds[name] = _compile(step, state)
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, out = step(state)
-    jax.block_until_ready((state, out))
-    rates.append(steps / (time.perf_counter() - t0))
-  return {'compile_seconds': round(compile_seconds, 3), 'steps_per_sec_median': round(statistics.median(rates), 1),
-          'steps_per_sec_all': [round(r, 1) for r in rates],
-          'ms_per_step_median': round(1e3 / statistics.median(rates), 4)}
+    for name, (step, _) in variants.items():
+      state = states[name]
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state, out = step(state)
+      jax.block_until_ready((state, out))
+      rates[name].append(steps / (time.perf_counter() - t0))
+      states[name] = state
+  return {name: {'compile_seconds': round(compile_seconds[name], 3),
+                 'steps_per_sec_median': round(statistics.median(rates[name]), 1),
+                 'steps_per_sec_all': [round(r, 1) for r in rates[name]],
+                 'ms_per_step_median': round(1e3 / statistics.median(rates[name]), 4)} for name in variants}
 
 
 def _library(gated: bool, first_order: bool, granularity: str):
@@ -103,10 +114,11 @@ def _hand_written(first_order: bool):
 def main(argv):
   del argv
   steps, repeats, first_order = _STEPS.value, _REPEATS.value, _FIRST_ORDER.value
-  results = {}
-  results['hand_written_reference'] = _time(*_hand_written(first_order), steps, repeats)
-  results['library_dense'] = _time(*_library(False, first_order, _GRANULARITY.value), steps, repeats)
-  results['library_gated'] = _time(*_library(True, first_order, _GRANULARITY.value), steps, repeats)
+  results = _time_interleaved({
+      'hand_written_reference': _hand_written(first_order),
+      'library_dense': _library(False, first_order, _GRANULARITY.value),
+      'library_gated': _library(True, first_order, _GRANULARITY.value),
+  }, steps, repeats)
   results['gated_over_dense_time'] = round(
       results['library_dense']['steps_per_sec_median'] / results['library_gated']['steps_per_sec_median'], 3)
   results['dense_over_reference_time'] = round(
@@ -116,6 +128,7 @@ def main(argv):
       'config': {'hidden': [40, 40], 'meta_batch_size': META_BATCH, 'shots': SHOTS, 'inner_steps': 1,
                  'second_order': not first_order, 'gate_granularity': _GRANULARITY.value,
                  'steps_per_timing': steps, 'repeats': repeats},
+      'load_average': list(os.getloadavg()),
       'machine': {'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
                   'jax': jax.__version__, 'python': platform.python_version(), 'processor': platform.processor()},
       'results': results}, indent=2))

@@ -51,11 +51,17 @@ class InnerSettings(NamedTuple):
   noise: str = 'hash'
 
 
-def _gate_noise(gate_logits, key, method: str):
+def sample_gate_noise(gate_logits, key: types.PRNGKey, method: str = 'hash', num_tasks: int | None = None):
+  """Uniform noise for every gate: leaves ``[num_tasks, *gate_shape]`` (or ``gate_shape`` if None).
+
+  Drawing the whole task batch's noise in one call per leaf, outside the
+  per-task ``vmap``, keeps RNG work to a few calls per meta-step.
+  """
   leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=lambda x: x is None)
   keys = jax.random.split(key, max(len(leaves), 1))
+  lead = () if num_tasks is None else (num_tasks,)
   return jax.tree.unflatten(treedef, [
-      None if leaf is None else noise_lib.uniform(k, leaf.shape, method=method, dtype=leaf.dtype)
+      None if leaf is None else noise_lib.uniform(k, lead + leaf.shape, method=method, dtype=leaf.dtype)
       for leaf, k in zip(leaves, keys)])
 
 
@@ -67,13 +73,12 @@ def _masks(gate_logits, noise, gate_mode: str, hc):
   return jax.tree.map(lambda la, u: hard_concrete.gates_from_noise(la, u, hc), gate_logits, noise)
 
 
-def _adaptation(meta_params, task: types.TaskBatch, key, loss_fn: LossFn, settings: InnerSettings,
+def _adaptation(meta_params, task: types.TaskBatch, noise, loss_fn: LossFn, settings: InnerSettings,
                 gate_mode: str, trace_query: bool, fixed_masks=None):
   """Adapts on the support set; returns the adapted fast weights, the mask function and a trace."""
   if gate_mode not in GATE_MODES:
     raise ValueError(f'gate_mode={gate_mode!r} is unknown; use one of {GATE_MODES}.')
   params, gate_logits = meta_params['params'], meta_params.get('gate_logits')
-  noise = _gate_noise(gate_logits, key, settings.noise) if (gate_mode == 'sample' and gate_logits is not None) else None
   adapt_gates = settings.adapt_gates and gate_logits is not None and gate_mode != 'off'
 
   def effective(fast):
@@ -99,37 +104,50 @@ def _adaptation(meta_params, task: types.TaskBatch, key, loss_fn: LossFn, settin
   return result, query_loss
 
 
-def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
-                    settings: InnerSettings, gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
+def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey | None, *, loss_fn: LossFn,
+                    settings: InnerSettings, gate_mode: str = 'sample', fixed_masks=None,
+                    noise=None) -> jax.Array:
   """Query loss of one task after inner adaptation (a scalar).
 
   Args:
     meta_params: ``{'params': ..., 'gate_logits': ... or None}``.
     task: one task (no leading task axis), e.g. support inputs ``[shots, 1]``.
-    key: this task's gate-noise key (ignored unless ``gate_mode='sample'``).
+    key: this task's gate-noise key (used only for ``gate_mode='sample'`` when
+      ``noise`` is None).
     loss_fn: ``(params, inputs, targets) -> scalar``.
     settings: inner-loop settings.
     gate_mode: one of ``GATE_MODES``.
     fixed_masks: optional fixed mask tree mirroring the params.
+    noise: optional pre-drawn gate noise (``sample_gate_noise`` without task axis).
   """
-  adapted, query_loss = _adaptation(meta_params, task, key, loss_fn, settings, gate_mode, False, fixed_masks)
+  if gate_mode == 'sample' and noise is None and meta_params.get('gate_logits') is not None:
+    noise = sample_gate_noise(meta_params['gate_logits'], key, settings.noise)
+  adapted, query_loss = _adaptation(meta_params, task, noise, loss_fn, settings, gate_mode, False, fixed_masks)
   return query_loss(adapted)
 
 
 def query_loss_trace(meta_params, task: types.TaskBatch, *, loss_fn: LossFn, settings: InnerSettings,
                      gate_mode: str = 'deterministic', fixed_masks=None) -> jax.Array:
   """Query loss before and after every inner step: ``[num_inner_steps + 1]`` (evaluation)."""
-  (_, trace), _ = _adaptation(meta_params, task, jax.random.key(0), loss_fn, settings, gate_mode, True,
-                              fixed_masks)
+  if gate_mode == 'sample':
+    raise ValueError("query_loss_trace evaluates fixed gates: use gate_mode='deterministic' or 'off'.")
+  (_, trace), _ = _adaptation(meta_params, task, None, loss_fn, settings, gate_mode, True, fixed_masks)
   return trace
 
 
 def batch_query_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
                      settings: InnerSettings, gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
-  """Mean query loss over a task batch (``vmap`` over the leading task axis)."""
-  keys = jax.random.split(key, tasks.support_inputs.shape[0])
+  """Mean query loss over a task batch (``vmap`` over the leading task axis).
+
+  In ``'sample'`` mode each task gets its own gate noise, drawn for the whole
+  batch at once from ``key``.
+  """
+  noise = None
+  if gate_mode == 'sample' and meta_params.get('gate_logits') is not None:
+    noise = sample_gate_noise(meta_params['gate_logits'], key, settings.noise,
+                              num_tasks=tasks.support_inputs.shape[0])
   losses = jax.vmap(
-      lambda task, k: task_query_loss(meta_params, task, k, loss_fn=loss_fn, settings=settings,
-                                      gate_mode=gate_mode, fixed_masks=fixed_masks),
-      in_axes=(0, 0))(tasks, keys)
+      lambda task, task_noise: task_query_loss(meta_params, task, None, loss_fn=loss_fn, settings=settings,
+                                               gate_mode=gate_mode, fixed_masks=fixed_masks, noise=task_noise),
+      in_axes=(0, 0))(tasks, noise)
   return jnp.mean(losses)

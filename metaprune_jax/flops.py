@@ -1,0 +1,74 @@
+"""FLOPs of a (masked) MLP forward pass on one example.
+
+Counting convention: a multiply-add is 2 FLOPs, a bias add is 1 FLOP per
+output unit; activations, the loss and memory traffic are not counted. For a
+Dense layer with kernel ``[in, out]`` and bias ``[out]``:
+
+* ``dense_flops = 2 * in * out + out``: what a dense kernel computes whatever
+  the mask (a zeroed weight still costs its multiply-add on dense hardware);
+* ``effective_flops = 2 * nnz(kernel) + out``: only the nonzero weights count,
+  which is what a sparse kernel (CSR matmul, or a 2:4 tensor core for N:M
+  masks) can realise. Bias adds are counted in full in both.
+
+Effective FLOPs count the nonzero entries of the *masked* kernel, i.e. of
+``apply_masks(params, masks)``: a weight that is exactly zero counts as pruned
+whether a mask or training put it there. A hidden unit whose incoming weights
+are all pruned still pays for its outgoing weights (no dead-unit propagation),
+so the effective count is an upper bound on what structured removal would give.
+"""
+
+import jax
+import numpy as np
+
+from metaprune_jax import types
+from metaprune_jax.nets import masked
+
+
+def _dense_layers(params: types.Params) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+  """``(path, kernel [in, out], bias [out] or None)`` for every ``{'kernel', 'bias'}`` dict."""
+  layers = []
+
+  def visit(node, path):
+    if not isinstance(node, dict):
+      return
+    if 'kernel' in node and not isinstance(node['kernel'], dict):
+      kernel = np.asarray(node['kernel'])
+      if kernel.ndim != 2:
+        raise ValueError(f'flops counts Dense layers only; the kernel at {path or "/"} has shape '
+                         f'{kernel.shape}, not [in, out].')
+      bias = node.get('bias')
+      layers.append((path, kernel, None if bias is None else np.asarray(bias)))
+    for name in sorted(k for k in node if k not in ('kernel', 'bias')):
+      visit(node[name], f'{path}/{name}')
+  visit(params, '')
+  if not layers:
+    raise ValueError('params holds no Dense layer (no dict with a "kernel" leaf); flops counts MLPs.')
+  return layers
+
+
+def mlp_flops(params: types.Params, masks: types.Masks | None = None) -> dict[str, int]:
+  """Dense and effective forward FLOPs of an MLP on one example.
+
+  Args:
+    params: Flax MLP params, e.g. ``{'Dense_0': {'kernel': [in, out], 'bias':
+      [out]}, ...}`` (every dict holding a 2-D ``kernel`` is one layer).
+    masks: optional mask tree mirroring ``params`` (``None`` leaves dense; a
+      leaf may broadcast, e.g. per-unit gates ``[out]``), e.g. fixed pruning
+      masks or ``hard_concrete.deterministic_gates(gate_logits)``.
+
+  Returns:
+    ``{'dense_flops', 'effective_flops', 'kernel_weights', 'nonzero_kernel_weights'}``
+    as Python ints (see the module docstring for what is counted).
+  """
+  effective = masked.apply_masks(params, masks)
+  dense_flops = effective_flops = total = nonzero = 0
+  for _, kernel, bias in _dense_layers(jax.device_get(effective)):
+    n_in, n_out = kernel.shape
+    nnz = int(np.count_nonzero(kernel))
+    bias_flops = 0 if bias is None else n_out
+    dense_flops += 2 * n_in * n_out + bias_flops
+    effective_flops += 2 * nnz + bias_flops
+    total += kernel.size
+    nonzero += nnz
+  return {'dense_flops': dense_flops, 'effective_flops': effective_flops, 'kernel_weights': total,
+          'nonzero_kernel_weights': nonzero}
