@@ -63,6 +63,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            config.eval_steps, 'must be a non-empty list of inner-step counts >= 0')
   _require(len(config.eval_shots) > 0 and all(int(k) > 0 for k in config.eval_shots), 'eval_shots',
            config.eval_shots, 'must be a non-empty list of positive shot counts')
+  _require(0.0 <= config.harden_at_fraction < 1.0, 'harden_at_fraction', config.harden_at_fraction,
+           'must be in [0, 1) (0 disables hardening)')
   _require(config.divergence_ratio > 1, 'divergence_ratio', config.divergence_ratio, 'must be > 1')
   l0_objective.validate(_objective(config))
 
@@ -128,6 +130,13 @@ def sparsity_report(meta_params, hc: hard_concrete.HardConcrete) -> dict[str, fl
   }
 
 
+def harden_step(config) -> int | None:
+  """The meta-step at which gates are hardened to the target and frozen (None: never)."""
+  if config.mask != 'hard_concrete' or config.sparsity_mode != 'target' or config.harden_at_fraction <= 0:
+    return None
+  return int(round(config.harden_at_fraction * int(config.num_outer_steps)))
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
@@ -156,7 +165,8 @@ def train(config, workdir: str, problem: problems.Problem):
     os.remove(metrics_path)
   step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
                                      meta_batch_size=int(config.meta_batch_size),
-                                     settings=inner_settings(config), objective=_objective(config))
+                                     settings=inner_settings(config), objective=_objective(config),
+                                     harden_step=harden_step(config))
   hc = _hc(config)
   num_steps = int(config.num_outer_steps)
   start = int(state.step)

@@ -28,7 +28,10 @@ def get_config():
   config.keep_checkpoints = 1
 
   # Baselines (experiments/baselines.py).
-  config.prune_scope = 'global'            # 'global' or 'layerwise' top-k.
+  # Layerwise ERK (small first / last layers kept denser): at 90% and 8k steps it beat global top-k for
+  # magnitude pruning (MSE 1.47 vs 2.69 after 10 steps) and random pruning (0.89 vs 4.29); see the report.
+  config.prune_scope = 'layerwise'         # 'global' or 'layerwise' top-k.
+  config.prune_distribution = 'erk'        # 'uniform' or 'erk' per-layer sparsities (layerwise only).
   config.finetune_dense_fraction = 0.5     # magnitude_finetune: dense share of the budget.
   config.snip_num_tasks = 100              # snip: tasks in the meta-loss batch at initialisation.
   config.gradual_begin_fraction = 0.1      # gradual_magnitude: schedule start ...

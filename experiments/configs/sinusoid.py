@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dual_lr = 0.1
   config.sparsity_warmup_steps = 20_000  # 'target' mode: ramp the target up from 0.
   config.sparsity_quadratic = 0.0  # 'target' mode: augmented-Lagrangian weight.
+  # 'target' mode, prune -> fine-tune: at this fraction of the run the gates are
+  # hardened to exactly target_sparsity and frozen; the rest fine-tunes weights.
+  config.harden_at_fraction = 0.8  # 0 disables.
   config.init_multiplier = 0.0
 
   # Evaluation on fresh tasks at the end of the run.

@@ -13,4 +13,5 @@ def get_config():
   config.log_every_steps = 10
   config.checkpoint_every_steps = 20
   config.dense_reference = False
+  config.sparsity_warmup_steps = 10
   return config

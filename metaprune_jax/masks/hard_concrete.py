@@ -216,3 +216,45 @@ def nonzero_params(params: types.Params, gate_logits: types.GateLogits,
       jax.tree.map(jnp.ones_like, params),
       jax.tree.map(lambda m: None if m is None else (m != 0).astype(jnp.float32), masks, is_leaf=_is_none))
   return sum(jnp.sum(x) for x in jax.tree.leaves(effective))
+
+
+def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity: float, *,
+           open_logit: float = 20.0, closed_logit: float = -20.0) -> types.GateLogits:
+  """Gate logits that prune exactly the lowest-``log_alpha`` gates up to ``target_sparsity``.
+
+  Gates are ranked by ``log_alpha`` across every gated leaf (ties by position);
+  the lowest are closed until at least ``ceil(target_sparsity * N)`` gated
+  weights are pruned (a structured gate counts all the weights it switches). The
+  result is saturated: ``closed_logit`` gives gates that are 0 in every draw and
+  at test time, ``open_logit`` gates that are 1 (up to ~1e-13 probability), so
+  meta-training can go on with a fixed mask. Jit-friendly.
+
+  Args:
+    params: parameter pytree (for group sizes).
+    gate_logits: gate logits mirroring ``params``.
+    target_sparsity: fraction of gated weights to prune, in [0, 1).
+
+  Returns:
+    A gate-logit tree of the same structure.
+  """
+  leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=_is_none)
+  group = jax.tree.leaves(masked.map_gated(lambda p, la: jnp.full(la.size, _group_size(p, la), jnp.int32),
+                                           params, gate_logits))
+  gated = [leaf for leaf in leaves if leaf is not None]
+  if not gated:
+    return gate_logits
+  flat = jnp.concatenate([leaf.ravel() for leaf in gated])
+  sizes = jnp.concatenate(group)
+  order = jnp.argsort(flat, stable=True)
+  pruned_before = jnp.cumsum(sizes[order]) - sizes[order]
+  need = math.ceil(target_sparsity * num_gated_weights(params, gate_logits) - 1e-9)
+  prune = jnp.zeros(flat.shape, bool).at[order].set(pruned_before < need)
+  new_flat = jnp.where(prune, closed_logit, open_logit).astype(flat.dtype)
+  out, start = [], 0
+  for leaf in leaves:
+    if leaf is None:
+      out.append(None)
+      continue
+    out.append(new_flat[start:start + leaf.size].reshape(leaf.shape))
+    start += leaf.size
+  return jax.tree.unflatten(treedef, out)

@@ -78,6 +78,10 @@ def init_meta_state(key: types.PRNGKey, params: types.Params, gate_logits: types
                    step=jnp.zeros((), jnp.int32), key=key, masks=masks)
 
 
+def meta_params_gated(meta_params) -> bool:
+  return meta_params.get('gate_logits') is not None
+
+
 def sparsity_metrics(params, gate_logits, hc: hard_concrete.HardConcrete) -> dict[str, jax.Array]:
   """Expected and realised sparsity (zeros when nothing is gated)."""
   if gate_logits is None:
@@ -90,6 +94,7 @@ def sparsity_metrics(params, gate_logits, hc: hard_concrete.HardConcrete) -> dic
 def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: optax.GradientTransformation,
                    *, meta_batch_size: int, settings: maml.InnerSettings,
                    objective: l0_objective.L0Objective = l0_objective.L0Objective(),
+                   harden_step: int | None = None,
                    donate: bool = True) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
   """Builds the jitted ``step(state) -> (state, metrics)``.
 
@@ -97,6 +102,12 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   device, adapt each task (``vmap``; inner loop is a ``lax.scan``), average the
   query losses, add the sparsity term, take one optimiser step, and one dual step
   on the multiplier.
+
+  ``harden_step`` (prune -> fine-tune): at that meta-step the gates are hardened
+  to exactly ``objective.target_sparsity`` (``hard_concrete.harden``: the
+  lowest-``log_alpha`` gates closed, the rest saturated open) and frozen; the
+  remaining steps meta-train the weights under that fixed mask. The switch is a
+  ``lax.cond`` on ``state.step``, so it costs no retrace and survives resume.
 
   Metrics: ``outer/objective``, ``outer/query_loss``, ``mask/expected_sparsity``
   (of the gates this step used) and ``mask/multiplier``. Realised sparsity needs
@@ -113,18 +124,36 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
     total = l0_objective.outer_objective(query_loss, density, multiplier, objective, step)
     return total, (query_loss, density)
 
+  def harden_if_due(meta_params, step):
+    if harden_step is None or meta_params.get('gate_logits') is None:
+      return meta_params
+    return jax.lax.cond(
+        step == harden_step,
+        lambda mp: {**mp, 'gate_logits': hard_concrete.harden(mp['params'], mp['gate_logits'],
+                                                               objective.target_sparsity)},
+        lambda mp: mp, meta_params)
+
   def step(state: MetaState):
+    state = state._replace(meta_params=harden_if_due(state.meta_params, state.step))
     key, task_key, gate_key = jax.random.split(state.key, 3)
     tasks = task_sampler(task_key, meta_batch_size)
     (total, (query_loss, density)), grads = jax.value_and_grad(objective_fn, has_aux=True)(
         state.meta_params, state.multiplier, tasks, gate_key, state.step, state.masks)
+    frozen = harden_step is not None and meta_params_gated(state.meta_params)
+    if frozen:  # After hardening the mask is fixed: no gradient reaches the gates.
+      after = state.step >= harden_step
+      grads = {**grads, 'gate_logits': jax.tree.map(lambda g: jnp.where(after, 0.0, g), grads['gate_logits'])}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+    if frozen:  # Adam's momentum must not move frozen gates either.
+      updates = {**updates, 'gate_logits': jax.tree.map(lambda u: jnp.where(after, 0.0, u), updates['gate_logits'])}
     meta_params = optax.apply_updates(state.meta_params, updates)
     if state.masks is not None:  # Momentum from before pruning must not revive a pruned weight.
       meta_params = {**meta_params, 'params': masked.apply_masks(meta_params['params'], state.masks)}
     multiplier = state.multiplier
     if meta_params.get('gate_logits') is not None:
       multiplier = l0_objective.update_multiplier(multiplier, query_loss, density, objective, state.step)
+      if frozen:
+        multiplier = jnp.where(after, state.multiplier, multiplier)
     metrics = {'outer/objective': total, 'outer/query_loss': query_loss,
                'mask/expected_sparsity': 1.0 - density, 'mask/multiplier': multiplier}
     new_state = MetaState(meta_params, opt_state, multiplier, state.step + 1, key, state.masks)

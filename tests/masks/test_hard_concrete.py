@@ -104,3 +104,22 @@ def test_realised_sparsity_and_nonzero_params():
   test_utils.assert_close(hard_concrete.realised_sparsity(params, gates, HC), 6 / 25)
   # 15 + 10 gated weights, 6 pruned; biases (7) always count.
   assert int(hard_concrete.nonzero_params(params, gates, HC)) == 25 - 6 + 7
+
+
+@pytest.mark.parametrize('granularity', ['weight', 'out_unit'])
+@pytest.mark.parametrize('target', [0.0, 0.5, 0.9])
+def test_harden_reaches_at_least_the_target_and_keeps_the_highest_logits(granularity, target):
+  params = _params()
+  logits = jax.tree.map(lambda g: jax.random.normal(jax.random.key(g.size), g.shape),
+                        hard_concrete.init_gate_logits(params, granularity))
+  hard = hard_concrete.harden(params, logits, target)
+  realised = float(hard_concrete.realised_sparsity(params, hard, HC))
+  assert realised >= target - 1e-6
+  if granularity == 'weight':
+    assert realised == pytest.approx(np.ceil(target * 25 - 1e-9) / 25)
+  flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(logits)])
+  kept = np.concatenate([np.ravel(x) for x in jax.tree.leaves(hard)]) > 0
+  if kept.any() and (~kept).any():
+    assert flat[kept].min() >= flat[~kept].max()  # Lowest logits are the ones pruned.
+  for z in jax.tree.leaves(hard_concrete.deterministic_gates(hard, HC)):
+    assert set(np.unique(np.asarray(z))) <= {0.0, 1.0}

@@ -119,3 +119,29 @@ def test_fixed_masks_keep_pruned_weights_exactly_zero_through_inner_and_outer_up
       jax.tree.map(lambda w, m: w if m is None else w * m, p, masks), task.support_inputs, task.support_targets)
   adapted = inner.adapt(support, state.meta_params['params'], inner_lr=0.1, num_inner_steps=3)
   assert float(jnp.abs(jnp.where(pruned, adapted['Dense_1']['kernel'], 0.0)).max()) == 0.0
+
+
+def test_hardening_fixes_the_mask_at_exactly_the_target_then_fine_tunes_weights():
+  model = mlp.make_mlp((8, 8), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  gates = hard_concrete.init_gate_logits(params, 'weight')
+  objective = l0_objective.L0Objective(mode='target', target_sparsity=0.75, dual_lr=0.05)
+  optimizer = meta_step.make_outer_optimizer(3e-3, 5e-2)
+  state = meta_step.init_meta_state(jax.random.key(1), params, gates, optimizer)
+  sampler = lambda key, n: sinusoid.sample_sinusoid_tasks(key, num_tasks=n, num_support=5, num_query=5)
+  counter = test_utils.CompileCounter()
+  step = meta_step.make_meta_step(counter.wrap(sampler), losses.mse_loss(model.apply), optimizer,
+                                  meta_batch_size=4, settings=maml.InnerSettings(), objective=objective,
+                                  harden_step=10)
+  for _ in range(10):
+    state, _ = step(state)
+  state, _ = step(state)  # Step index 10: hardens.
+  hardened = jax.tree.map(jnp.copy, state.meta_params)
+  realised = float(hard_concrete.realised_sparsity(hardened['params'], hardened['gate_logits']))
+  assert realised == pytest.approx(0.75, abs=1 / 144)
+  for _ in range(5):
+    state, _ = step(state)
+  test_utils.assert_trees_all_equal(state.meta_params['gate_logits'], hardened['gate_logits'])
+  assert float(jnp.abs(state.meta_params['params']['Dense_1']['kernel']
+                       - hardened['params']['Dense_1']['kernel']).max()) > 0.0
+  assert counter.count == 1
