@@ -54,15 +54,21 @@ class InnerSettings(NamedTuple):
 def sample_gate_noise(gate_logits, key: types.PRNGKey, method: str = 'hash', num_tasks: int | None = None):
   """Uniform noise for every gate: leaves ``[num_tasks, *gate_shape]`` (or ``gate_shape`` if None).
 
-  Drawing the whole task batch's noise in one call per leaf, outside the
-  per-task ``vmap``, keeps RNG work to a few calls per meta-step.
+  One draw covers every gate of the whole task batch (then split per leaf),
+  outside the per-task ``vmap``: RNG work is a single call per meta-step.
   """
   leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=lambda x: x is None)
-  keys = jax.random.split(key, max(len(leaves), 1))
+  sizes = [0 if leaf is None else leaf.size for leaf in leaves]
   lead = () if num_tasks is None else (num_tasks,)
-  return jax.tree.unflatten(treedef, [
-      None if leaf is None else noise_lib.uniform(k, lead + leaf.shape, method=method, dtype=leaf.dtype)
-      for leaf, k in zip(leaves, keys)])
+  flat = noise_lib.uniform(key, lead + (max(sum(sizes), 1),), method=method)
+  out, start = [], 0
+  for leaf, size in zip(leaves, sizes):
+    if leaf is None:
+      out.append(None)
+      continue
+    out.append(flat[..., start:start + size].reshape(lead + leaf.shape).astype(leaf.dtype))
+    start += size
+  return jax.tree.unflatten(treedef, out)
 
 
 def _masks(gate_logits, noise, gate_mode: str, hc):
