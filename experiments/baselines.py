@@ -20,7 +20,8 @@ The state starts with all-ones masks (exactly the dense net), so one jitted step
 serves the dense phase and the pruned phase without recompiling.
 
 Config fields read here (defaults in ``DEFAULTS``; ``frontier_sinusoid.py`` sets
-them): ``prune_scope`` ('global' or 'layerwise' top-k), ``finetune_dense_fraction``,
+them): ``prune_scope`` ('global' or 'layerwise' top-k), ``prune_distribution``
+('uniform' or 'erk' per-layer sparsities, layerwise only), ``finetune_dense_fraction``,
 ``snip_num_tasks``, ``gradual_begin_fraction``, ``gradual_end_fraction``,
 ``gradual_update_every_steps``; plus ``target_sparsity`` and the usual training fields.
 """
@@ -47,6 +48,7 @@ from metaprune_jax.nets import masked
 
 DEFAULTS = {
     'prune_scope': 'global',
+    'prune_distribution': 'uniform',
     'finetune_dense_fraction': 0.5,
     'snip_num_tasks': 100,
     'gradual_begin_fraction': 0.1,
@@ -69,6 +71,10 @@ def validate_baseline_config(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(f'--config.{name}={_field(config, name)!r} is invalid: {rule}.')
   require(_field(config, 'prune_scope') in select.SCOPES, 'prune_scope', f'use one of {select.SCOPES}')
+  require(_field(config, 'prune_distribution') in select.DISTRIBUTIONS, 'prune_distribution',
+          f'use one of {select.DISTRIBUTIONS}')
+  require(_field(config, 'prune_distribution') == 'uniform' or _field(config, 'prune_scope') == 'layerwise',
+          'prune_distribution', "'erk' sets per-layer sparsities: use it with --config.prune_scope=layerwise")
   require(0.0 <= float(_field(config, 'finetune_dense_fraction')) < 1.0, 'finetune_dense_fraction',
           'must be in [0, 1) (the share of the budget trained dense before pruning)')
   require(int(_field(config, 'snip_num_tasks')) > 0, 'snip_num_tasks', 'must be a positive integer')
@@ -81,25 +87,35 @@ def validate_baseline_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'--config.target_sparsity={config.target_sparsity!r} is invalid: must be in [0, 1).')
 
 
+def _selection(config) -> dict:
+  return {'scope': _field(config, 'prune_scope'), 'distribution': _field(config, 'prune_distribution')}
+
+
 def ones_masks(params: types.Params) -> types.Masks:
   """All-ones float32 masks at the prunable leaves (``criteria.default_prunable``), ``None`` elsewhere."""
   return masked.map_gated(lambda p, _: jnp.ones(jnp.shape(p), jnp.float32), params,
                           criteria.default_prunable(params))
 
 
-def magnitude_masks(params: types.Params, sparsity: float, *, scope: str = 'global') -> types.Masks:
-  """Top-k ``|w|`` masks with exactly ``floor(sparsity * n + 0.5)`` zeros (global or per layer)."""
-  return select.topk_masks(criteria.magnitude_scores(params), sparsity, scope=scope)
+def magnitude_masks(params: types.Params, sparsity: float, *, scope: str = 'global',
+                    distribution: str = 'uniform') -> types.Masks:
+  """Top-k ``|w|`` masks with exactly ``floor(sparsity * n + 0.5)`` zeros (global, or per layer).
+
+  ``distribution='erk'`` (with ``scope='layerwise'``) gives small layers more
+  density (``select.erk_densities``); the total is then exact up to rounding.
+  """
+  return select.topk_masks(criteria.magnitude_scores(params), sparsity, scope=scope, distribution=distribution)
 
 
-def random_masks(key: types.PRNGKey, params: types.Params, sparsity: float, *,
-                 scope: str = 'global') -> types.Masks:
-  """Uniformly random masks with the exact sparsity."""
-  return select.topk_masks(criteria.random_scores(key, params), sparsity, scope=scope)
+def random_masks(key: types.PRNGKey, params: types.Params, sparsity: float, *, scope: str = 'global',
+                 distribution: str = 'uniform') -> types.Masks:
+  """Uniformly random masks with the exact sparsity (per layer with ``scope='layerwise'``)."""
+  return select.topk_masks(criteria.random_scores(key, params), sparsity, scope=scope, distribution=distribution)
 
 
 def snip_masks(params: types.Params, tasks: types.TaskBatch, *, loss_fn: maml.LossFn,
-               settings: maml.InnerSettings, sparsity: float, scope: str = 'global') -> types.Masks:
+               settings: maml.InnerSettings, sparsity: float, scope: str = 'global',
+               distribution: str = 'uniform') -> types.Masks:
   """SNIP on the meta-loss: keep the largest ``|w * dL/dw|``.
 
   Args:
@@ -110,6 +126,7 @@ def snip_masks(params: types.Params, tasks: types.TaskBatch, *, loss_fn: maml.Lo
       query loss after ``settings.num_inner_steps`` adaptation steps (dense).
     sparsity: fraction of prunable weights to remove, in ``[0, 1)``.
     scope: 'global' or 'layerwise'.
+    distribution: 'uniform' or 'erk' (layerwise only).
 
   Returns:
     Mask tree mirroring ``params`` with exactly the requested sparsity.
@@ -118,7 +135,7 @@ def snip_masks(params: types.Params, tasks: types.TaskBatch, *, loss_fn: maml.Lo
     return maml.batch_query_loss({'params': p, 'gate_logits': None}, tasks, jax.random.key(0),
                                  loss_fn=loss_fn, settings=settings, gate_mode='off')
   grads = jax.jit(jax.grad(meta_loss))(params)
-  return select.topk_masks(criteria.snip_scores(params, grads), sparsity, scope=scope)
+  return select.topk_masks(criteria.snip_scores(params, grads), sparsity, scope=scope, distribution=distribution)
 
 
 def with_masks(state: meta_step.MetaState, masks: types.Masks) -> meta_step.MetaState:
@@ -179,12 +196,12 @@ def magnitude_finetune(config, problem: problems.Problem | None = None, *,
   config, problem, state, step_fn = _setup(config, problem)
   num_steps = int(config.num_outer_steps)
   prune_step = int(round(float(_field(config, 'finetune_dense_fraction')) * num_steps))
-  sparsity, scope = float(config.target_sparsity), _field(config, 'prune_scope')
+  sparsity, selection = float(config.target_sparsity), _selection(config)
 
   def prune_at(step, state):
     if step != prune_step:
       return None
-    masks = magnitude_masks(state.meta_params['params'], sparsity, scope=scope)
+    masks = magnitude_masks(state.meta_params['params'], sparsity, **selection)
     if on_mask_update is not None:
       on_mask_update(step, masks)
     return masks
@@ -200,7 +217,7 @@ def snip(config, problem: problems.Problem | None = None, *,
   tasks = problem.train_sampler(key, int(_field(config, 'snip_num_tasks')))
   masks = snip_masks(state.meta_params['params'], tasks, loss_fn=problem.loss_fn,
                      settings=train.inner_settings(config), sparsity=float(config.target_sparsity),
-                     scope=_field(config, 'prune_scope'))
+                     **_selection(config))
   if on_mask_update is not None:
     on_mask_update(0, masks)
   state = with_masks(state, masks)
@@ -231,13 +248,13 @@ def gradual_magnitude(config, problem: problems.Problem | None = None, *,
   """
   config, problem, state, step_fn = _setup(config, problem)
   schedule, begin, end, every = gradual_schedule(config)
-  scope = _field(config, 'prune_scope')
+  selection = _selection(config)
 
   def prune_at(step, state):
     if step < begin or step > end or ((step - begin) % every and step != end):
       return None
     sparsity = float(config.target_sparsity) if step >= end else float(schedule(step))  # Exact at the end.
-    masks = magnitude_masks(state.meta_params['params'], sparsity, scope=scope)
+    masks = magnitude_masks(state.meta_params['params'], sparsity, **selection)
     if on_mask_update is not None:
       on_mask_update(step, masks)
     return masks
@@ -251,7 +268,7 @@ def random_pruning(config, problem: problems.Problem | None = None, *,
   config, problem, state, step_fn = _setup(config, problem)
   key = jax.random.fold_in(jax.random.key(int(config.seed)), RANDOM_KEY_SALT)
   masks = random_masks(key, state.meta_params['params'], float(config.target_sparsity),
-                       scope=_field(config, 'prune_scope'))
+                       **_selection(config))
   if on_mask_update is not None:
     on_mask_update(0, masks)
   state = with_masks(state, masks)

@@ -16,7 +16,8 @@ and evaluates it on the held-out tasks of ``train.evaluate_model``. Outputs in
 * ``frontier.png``: held-out loss against sparsity, one line per method.
 
 Flags: ``--task``, ``--workdir`` (default ``runs/frontier_<task>``),
-``--workers=N`` (parallel processes), ``--config.FIELD=VALUE``.
+``--workers=N`` (parallel processes), ``--report_only`` (write the outputs from
+the points finished so far), ``--config.FIELD=VALUE``.
 """
 
 import concurrent.futures
@@ -29,7 +30,6 @@ import os
 import sys
 import time
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app
@@ -398,8 +398,12 @@ def write_outputs(config, workdir: str, records: list[dict], failures: list[str]
 # The driver.
 
 
-def run_frontier(config: ml_collections.ConfigDict, workdir: str, *, workers: int = 1) -> dict:
+def run_frontier(config: ml_collections.ConfigDict, workdir: str, *, workers: int = 1,
+                 report_only: bool = False) -> dict:
   """Runs every missing point (in ``workers`` processes), then writes the outputs.
+
+  With ``report_only`` nothing runs: the outputs are written from the points
+  finished so far (e.g. while another process is still running the grid).
 
   Returns:
     ``{'records': [...], 'rows': [...], 'failures': [...], 'ran': [names], 'skipped': [names]}``.
@@ -420,7 +424,9 @@ def run_frontier(config: ml_collections.ConfigDict, workdir: str, *, workers: in
       records[point] = record
       skipped.append(record['name'])
   logging.info('Frontier: %d points, %d finished, %d to run with %d worker(s).', len(points), len(skipped),
-               len(todo), workers)
+               0 if report_only else len(todo), workers)
+  if report_only:
+    todo = []
   failures, ran = [], []
   t0 = time.perf_counter()
 
@@ -492,6 +498,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('task', 'sinusoid', f'Task family; one with a configs/frontier_<task>.py: {_available_tasks()}.')
   flags.DEFINE_string('workdir', None, 'Output folder (default: runs/frontier_<task>). Reruns skip finished points.')
   flags.DEFINE_integer('workers', 1, 'Points run in parallel processes (at most the number of cores).')
+  flags.DEFINE_bool('report_only', False, 'Write frontier.csv/md/png from the finished points; run nothing.')
   config_flags.DEFINE_config_file(
       'config', _frontier_config_path(task) if task in _available_tasks() else None,
       'Frontier config; defaults to experiments/configs/frontier_<task>.py.', lock_config=True)
@@ -511,11 +518,14 @@ def main(argv):
   workdir = flags.FLAGS.workdir or os.path.join('runs', f'frontier_{task}')
   logging.info('Config:\n%s', config)
   try:
-    result = run_frontier(config, workdir, workers=int(flags.FLAGS.workers))
+    result = run_frontier(config, workdir, workers=int(flags.FLAGS.workers), report_only=flags.FLAGS.report_only)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  with open(os.path.join(workdir, 'frontier.md')) as f:
-    print(f.read())
+  if result['rows']:
+    with open(os.path.join(workdir, 'frontier.md')) as f:
+      print(f.read())
+  else:
+    logging.warning('No finished points in %s yet: nothing to report.', workdir)
   if result['failures']:
     logging.error('%d point(s) failed; see frontier.md. Rerun to retry them.', len(result['failures']))
     sys.exit(1)

@@ -1,0 +1,135 @@
+"""Classic pruning inside MAML: fixed masks hold, SNIP scores the meta-loss, gradual pruning never retraces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import baselines
+from experiments import problems
+from experiments import train
+from experiments.configs import smoke
+from metaprune_jax import types
+from metaprune_jax.masks import select
+from metaprune_jax.meta import maml
+from tests import test_utils
+
+
+def _config(**overrides):
+  config = smoke.get_config()
+  config.mask = 'none'
+  config.num_outer_steps = 12
+  config.eval_num_tasks = 10
+  config.target_sparsity = 0.7
+  config.snip_num_tasks = 4
+  config.gradual_begin_fraction = 0.25  # Step 3 ...
+  config.gradual_end_fraction = 0.75    # ... to step 9, masks every 2 steps.
+  config.gradual_update_every_steps = 2
+  for name, value in overrides.items():
+    config[name] = value
+  return config
+
+
+def _kernels(tree):
+  return {name: layer['kernel'] for name, layer in tree.items()}
+
+
+@pytest.mark.parametrize('method', list(baselines.BASELINES))
+def test_pruned_weights_stay_exactly_zero_and_the_rest_trains(method):
+  config = _config()
+  updates = []
+  state = baselines.run_baseline(method, config, on_mask_update=lambda step, masks: updates.append(step))
+  assert int(state.step) == config.num_outer_steps  # Equal budget.
+  expected_updates = {'magnitude_finetune': [6], 'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9]}
+  assert updates == expected_updates[method]  # magnitude_finetune: after half the budget (dense phase).
+  num_kernel = 8 + 64 + 8
+  test_utils.assert_equal(float(select.mask_sparsity(state.masks)),
+                          np.float32(np.floor(0.7 * num_kernel + 0.5) / num_kernel))
+  init_state, _ = train.init_state(config, problems.get_problem(config))
+  for name, kernel in _kernels(state.meta_params['params']).items():
+    mask = np.asarray(state.masks[name]['kernel'])
+    kernel = np.asarray(kernel)
+    assert np.all(kernel[mask == 0] == 0.0), name
+    assert np.all(kernel[mask == 1] != 0.0), name
+  before = init_state.meta_params['params']['Dense_1']['kernel']
+  moved = np.asarray(state.meta_params['params']['Dense_1']['kernel'] - before)
+  assert np.abs(moved[np.asarray(state.masks['Dense_1']['kernel']) == 1]).max() > 0.0  # Kept weights train.
+  test_utils.assert_all_finite(state.meta_params['params'])
+
+
+def test_snip_masks_have_the_exact_sparsity_and_rank_by_weight_times_meta_gradient():
+  # Large weights in columns 0-1 do not affect the loss; small ones in columns 2-3 do.
+  params = {'Dense_0': {'kernel': jnp.array([[10.0, -9.0, 0.1, -0.2], [8.0, 7.0, 0.3, 0.2]]),
+                        'bias': jnp.zeros((4,))}}
+
+  def loss_fn(p, inputs, targets):
+    del inputs, targets
+    return 100.0 * jnp.sum(p['Dense_0']['kernel'][:, 2:] ** 2)
+
+  zeros = jnp.zeros((3, 2, 1))
+  tasks = types.TaskBatch(zeros, zeros, zeros, zeros)
+  settings = maml.InnerSettings(inner_lr=1e-4, num_inner_steps=1)
+  snip = baselines.snip_masks(params, tasks, loss_fn=loss_fn, settings=settings, sparsity=0.5)
+  magnitude = baselines.magnitude_masks(params, 0.5)
+  test_utils.assert_equal(snip['Dense_0']['kernel'], [[0, 0, 1, 1], [0, 0, 1, 1]])
+  test_utils.assert_equal(magnitude['Dense_0']['kernel'], [[1, 1, 0, 0], [1, 1, 0, 0]])
+  assert snip['Dense_0']['bias'] is None
+
+
+def test_snip_on_the_sinusoid_meta_loss_has_the_exact_sparsity():
+  config = _config()
+  problem = problems.get_problem(config)
+  state, _ = train.init_state(config, problem)
+  tasks = problem.train_sampler(jax.random.key(5), 4)
+  for sparsity in (0.3, 0.9):
+    masks = baselines.snip_masks(state.meta_params['params'], tasks, loss_fn=problem.loss_fn,
+                                 settings=train.inner_settings(config), sparsity=sparsity)
+    zeros = sum(int(jnp.sum(m == 0)) for m in jax.tree.leaves(masks))
+    test_utils.assert_equal(zeros, int(np.floor(sparsity * 80 + 0.5)))
+
+
+def test_gradual_magnitude_reaches_the_target_on_schedule_without_retracing():
+  config = _config()
+  problem = problems.get_problem(config)
+  counter = test_utils.CompileCounter()
+  problem = problem._replace(train_sampler=counter.wrap(problem.train_sampler))  # Runs once per trace.
+  seen = []
+  state = baselines.gradual_magnitude(config, problem, on_mask_update=lambda step, masks: seen.append(
+      (step, float(select.mask_sparsity(masks)))))
+  assert counter.count == 1, f'the meta-step was traced {counter.count} times'
+  steps, sparsities = zip(*seen)
+  assert steps == (3, 5, 7, 9)
+  assert all(a <= b for a, b in zip(sparsities, sparsities[1:]))
+  assert sparsities[0] == 0.0 and 0.0 < sparsities[1] < sparsities[2] < 0.7
+  test_utils.assert_equal(sparsities[-1], np.float32(56 / 80))  # Exactly the target at 75% of the budget.
+  test_utils.assert_equal(float(select.mask_sparsity(state.masks)), np.float32(56 / 80))
+
+
+def test_erk_distribution_keeps_small_layers_denser():
+  config = _config()
+  params, _ = train.init_state(config, problems.get_problem(config))
+  masks = baselines.random_masks(jax.random.key(0), params.meta_params['params'], 0.8, scope='layerwise',
+                                 distribution='erk')
+  density = {name: float(jnp.mean(m)) for name, m in _kernels(masks).items()}
+  assert density['Dense_0'] > density['Dense_1'] and density['Dense_2'] > density['Dense_1']
+
+
+def test_held_out_evaluation_uses_the_tasks_of_train_evaluate_model():
+  config = _config()
+  problem = problems.get_problem(config)
+  state, _ = train.init_state(config, problem)
+  ones = baselines.ones_masks(state.meta_params['params'])
+  ours = baselines.evaluate_baseline(config, baselines.with_masks(state, ones), problem)['sparse']
+  reference = train.evaluate_model(config, state.meta_params, problem)['dense']
+  assert ours == reference
+
+
+def test_bad_names_and_fields_are_reported():
+  with pytest.raises(ValueError, match='magnitude_finetune, snip, gradual_magnitude, random'):
+    baselines.run_baseline('obd', _config())
+  with pytest.raises(ValueError, match='prune_scope'):
+    baselines.run_baseline('random', _config(prune_scope='per_row'))
+  with pytest.raises(ValueError, match='prune_distribution'):
+    baselines.run_baseline('random', _config(prune_distribution='erk'))  # ERK needs layerwise.
+  with pytest.raises(ValueError, match='gradual_end_fraction'):
+    baselines.run_baseline('gradual_magnitude', _config(gradual_end_fraction=1.5))

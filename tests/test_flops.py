@@ -1,0 +1,55 @@
+"""FLOPs of masked MLPs against hand counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metaprune_jax import flops
+from metaprune_jax.nets import mlp
+from tests import test_utils
+
+
+def _tiny_params():
+  return {'Dense_0': {'kernel': jnp.ones((1, 3)), 'bias': jnp.zeros((3,))},
+          'Dense_1': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros((2,))}}
+
+
+def test_dense_and_effective_flops_match_a_hand_count():
+  params = _tiny_params()
+  masks = {'Dense_0': {'kernel': jnp.array([[1.0, 0.0, 1.0]]), 'bias': None},
+           'Dense_1': {'kernel': jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), 'bias': None}}
+  counts = flops.mlp_flops(params, masks)
+  # Dense: (2*1*3 + 3) + (2*3*2 + 2) = 9 + 14. Effective: (2*2 + 3) + (2*4 + 2) = 7 + 10.
+  test_utils.assert_equal(counts['dense_flops'], 23)
+  test_utils.assert_equal(counts['effective_flops'], 17)
+  test_utils.assert_equal(counts['kernel_weights'], 9)
+  test_utils.assert_equal(counts['nonzero_kernel_weights'], 6)
+  assert flops.mlp_flops(params)['effective_flops'] == 23  # No mask: effective == dense.
+
+
+def test_unit_masks_broadcast_and_exact_zeros_count_as_pruned():
+  params = _tiny_params()
+  params['Dense_0']['kernel'] = params['Dense_0']['kernel'].at[0, 0].set(0.0)  # A weight trained to 0.
+  masks = {'Dense_0': {'kernel': None, 'bias': None},
+           'Dense_1': {'kernel': jnp.array([0.0, 1.0]), 'bias': None}}  # Gate per output unit.
+  counts = flops.mlp_flops(params, masks)
+  # Dense_0: 2 nonzero -> 2*2 + 3; Dense_1: one column of 3 -> 2*3 + 2.
+  test_utils.assert_equal(counts['effective_flops'], 7 + 8)
+  test_utils.assert_equal(counts['dense_flops'], 23)
+
+
+def test_sinusoid_mlp_dense_flops():
+  model = mlp.make_mlp((40, 40), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  counts = flops.mlp_flops(params)
+  test_utils.assert_equal(counts['dense_flops'], (2 * 40 + 40) + (2 * 1600 + 40) + (2 * 40 + 1))
+  test_utils.assert_equal(counts['kernel_weights'], 1680)
+
+
+def test_non_dense_kernels_are_rejected_by_path():
+  params = {'Conv_0': {'kernel': np.ones((3, 3, 1, 4)), 'bias': np.zeros((4,))}}
+  with pytest.raises(ValueError, match='Conv_0'):
+    flops.mlp_flops(params)
+  with pytest.raises(ValueError, match='no Dense layer'):
+    flops.mlp_flops({'w': np.ones((2, 2))})
