@@ -473,16 +473,6 @@ def run_frontier(config: ml_collections.ConfigDict, workdir: str, *, workers: in
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'configs')
 
 
-def _task_from_argv(argv: list[str]) -> str:
-  """``--task`` must be known before the config flag is defined (it picks the default file)."""
-  task = 'sinusoid'
-  for i, arg in enumerate(argv):
-    if arg.startswith('--task='):
-      task = arg.split('=', 1)[1]
-    elif arg == '--task' and i + 1 < len(argv):
-      task = argv[i + 1]
-  return task
-
 
 def _frontier_config_path(task: str) -> str:
   return os.path.join(_CONFIG_DIR, f'frontier_{task}.py')
@@ -494,7 +484,7 @@ def _available_tasks() -> list[str]:
 
 def _define_flags() -> None:
   """Flags exist only when this module is the program (importing it defines none)."""
-  task = _task_from_argv(sys.argv)
+  task = problems.task_from_argv(sys.argv)
   flags.DEFINE_string('task', 'sinusoid', f'Task family; one with a configs/frontier_<task>.py: {_available_tasks()}.')
   flags.DEFINE_string('workdir', None, 'Output folder (default: runs/frontier_<task>). Reruns skip finished points.')
   flags.DEFINE_integer('workers', 1, 'Points run in parallel processes (at most the number of cores).')

@@ -20,18 +20,8 @@ from experiments import train
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'configs')
 
 
-def _task_from_argv(argv: list[str]) -> str:
-  """``--task`` must be known before the config flag is defined (it picks the default file)."""
-  task = 'sinusoid'
-  for i, arg in enumerate(argv):
-    if arg.startswith('--task='):
-      task = arg.split('=', 1)[1]
-    elif arg == '--task' and i + 1 < len(argv):
-      task = argv[i + 1]
-  return task
 
-
-_TASK_NAME = _task_from_argv(sys.argv)
+_TASK_NAME = problems.task_from_argv(sys.argv)
 flags.DEFINE_string('task', 'sinusoid', f'Task family: one of {sorted(problems.PROBLEMS)}.')
 flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<task>_seed<seed>). Reruns resume.')
 flags.DEFINE_integer('seed', None, 'Overrides config.seed.')

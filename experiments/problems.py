@@ -55,6 +55,17 @@ PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict], Problem]] = {
 }
 
 
+def task_from_argv(argv: list[str], default: str = 'sinusoid') -> str:
+  """The ``--task`` value in a raw argv (launchers need it before flags are parsed: it picks the config file)."""
+  task = default
+  for i, arg in enumerate(argv):
+    if arg.startswith('--task='):
+      task = arg.split('=', 1)[1]
+    elif arg == '--task' and i + 1 < len(argv):
+      task = argv[i + 1]
+  return task
+
+
 def get_problem(config: ml_collections.ConfigDict) -> Problem:
   """Builds the problem named by ``config.task``; unknown names list the valid ones."""
   if config.task not in PROBLEMS:

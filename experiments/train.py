@@ -86,7 +86,8 @@ def inner_settings(config, *, num_inner_steps=None, inner_lr=None) -> maml.Inner
       inner_lr=float(config.inner_lr if inner_lr is None else inner_lr),
       num_inner_steps=int(config.num_inner_steps if num_inner_steps is None else num_inner_steps),
       first_order=bool(config.first_order), adapt_gates=bool(config.adapt_gates),
-      inner_gate_lr=float(config.inner_gate_lr), hc=_hc(config), noise=config.gate_noise)
+      inner_gate_lr=float(config.inner_gate_lr), hc=_hc(config), noise=config.gate_noise,
+      python_loop=bool(config.get('inner_python_loop', False)))
 
 
 def init_state(config, problem: problems.Problem):

@@ -28,7 +28,7 @@ def sgd_step(inner_loss: Callable[[Fast], jax.Array], fast: Fast, inner_lr, *,
 
 def adapt(inner_loss: Callable[[Fast], jax.Array], fast: Fast, *, inner_lr, num_inner_steps: int,
           first_order: bool = False, trace_fn: Callable[[Fast], Any] | None = None,
-          unroll: int | bool = 1):
+          unroll: int | bool = 1, python_loop: bool = False):
   """Runs ``num_inner_steps`` SGD steps on ``inner_loss`` with ``lax.scan``.
 
   Args:
@@ -42,6 +42,10 @@ def adapt(inner_loss: Callable[[Fast], jax.Array], fast: Fast, *, inner_lr, num_
     trace_fn: optional ``fast -> value`` recorded before the first step and after
       every step (e.g. the query loss), giving ``[num_inner_steps + 1, ...]``.
     unroll: passed to ``lax.scan``.
+    python_loop: unroll the steps in Python (straight-line code) instead of a
+      ``lax.scan``. On XLA:CPU a scan, even of one step, made the second-order
+      sinusoid meta-step 1.27x slower (``benchmarks/scan_overhead.py``); compile
+      time grows with the step count, so use it for short horizons.
 
   Returns:
     ``fast`` after adaptation, or ``(fast, trace)`` when ``trace_fn`` is given.
@@ -50,6 +54,15 @@ def adapt(inner_loss: Callable[[Fast], jax.Array], fast: Fast, *, inner_lr, num_
     carry = sgd_step(inner_loss, carry, inner_lr, first_order=first_order)
     return carry, (None if trace_fn is None else trace_fn(carry))
 
+  if python_loop:
+    adapted, records = fast, []
+    for _ in range(num_inner_steps):
+      adapted, record = body(adapted, None)
+      records.append(record)
+    if trace_fn is None:
+      return adapted
+    first = trace_fn(fast)
+    return adapted, jax.tree.map(lambda f, *r: jnp.stack([f, *r]), first, *records)
   adapted, trace = jax.lax.scan(body, fast, None, length=num_inner_steps, unroll=unroll)
   if trace_fn is None:
     return adapted

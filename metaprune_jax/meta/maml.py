@@ -41,6 +41,8 @@ class InnerSettings(NamedTuple):
     inner_gate_lr: SGD step size on gate logits when ``adapt_gates``.
     hc: hard-concrete constants.
     noise: gate-noise generator, ``'hash'`` or ``'threefry'`` (see ``masks.noise``).
+    python_loop: unroll the inner steps in Python instead of ``lax.scan``
+      (faster on CPU for short horizons; see ``inner.adapt``).
   """
   inner_lr: float = 0.01
   num_inner_steps: int = 1
@@ -49,6 +51,7 @@ class InnerSettings(NamedTuple):
   inner_gate_lr: float = 0.1
   hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()
   noise: str = 'hash'
+  python_loop: bool = False
 
 
 def sample_gate_noise(gate_logits, key: types.PRNGKey, method: str = 'hash', num_tasks: int | None = None):
@@ -106,7 +109,7 @@ def _adaptation(meta_params, task: types.TaskBatch, noise, loss_fn: LossFn, sett
     fast, lr = params, settings.inner_lr
   result = inner.adapt(support_loss, fast, inner_lr=lr, num_inner_steps=settings.num_inner_steps,
                        first_order=settings.first_order,
-                       trace_fn=query_loss if trace_query else None)
+                       trace_fn=query_loss if trace_query else None, python_loop=settings.python_loop)
   return result, query_loss
 
 

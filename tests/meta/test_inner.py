@@ -48,3 +48,16 @@ def test_first_order_drops_the_hessian_term():
   w = jnp.array([1.5])
   test_utils.assert_close(jax.grad(outer)(w, False), 1 - 3 * 0.1 * 1.5 ** 2, rtol=1e-5)
   test_utils.assert_close(jax.grad(outer)(w, True), 1.0, rtol=1e-6)
+
+
+def test_python_loop_equals_scan_with_traces_and_second_order_gradients():
+  loss = lambda w: jnp.sum(w['a'] ** 4) / 4 + jnp.sum(jnp.sin(w['b']))
+  w = {'a': jnp.array([1.5, -0.5]), 'b': jnp.array([0.3, 2.0, -1.0])}
+
+  def run(python_loop):
+    outer = lambda w: inner.adapt(loss, w, inner_lr=0.05, num_inner_steps=3, trace_fn=loss,
+                                  python_loop=python_loop)
+    (adapted, trace) = outer(w)
+    grads = jax.grad(lambda w: loss(outer(w)[0]))(w)
+    return adapted, trace, grads
+  test_utils.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
