@@ -85,7 +85,6 @@ def _hand_written(first_order: bool):
   params = {'w0': jax.random.normal(keys[0], (1, 40)), 'b0': jnp.zeros(40),
             'w1': jax.random.normal(keys[1], (40, 40)) / 40 ** 0.5, 'b1': jnp.zeros(40),
             'w2': jax.random.normal(keys[2], (40, 1)) / 40 ** 0.5, 'b2': jnp.zeros(1)}
-  optimizer = optax.adam(1e-3)
 
   def net(p, x):
     x = jax.nn.relu(x @ p['w0'] + p['b0'])
@@ -100,6 +99,13 @@ def _hand_written(first_order: bool):
     if first_order:
       g = jax.lax.stop_gradient(g)
     return loss(jax.tree.map(lambda a, b: a - INNER_LR * b, p, g), xq, yq)
+
+  return plain_maml_step(task_loss, params)
+
+
+def plain_maml_step(task_loss, params):
+  """A jitted Adam meta-step over ``task_loss(p, xs, ys, xq, yq)`` with tasks sampled inside; and its state."""
+  optimizer = optax.adam(1e-3)
 
   def step(state):
     p, opt_state, key = state

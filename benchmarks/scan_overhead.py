@@ -13,14 +13,12 @@ import os
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import app
 
 from benchmarks import meta_step_speed
 from metaprune_jax import losses
 from metaprune_jax.meta import inner
 from metaprune_jax.nets import mlp
-from metaprune_jax.tasks import sinusoid
 
 # --steps and --repeats are meta_step_speed's flags (defined on import).
 
@@ -29,7 +27,6 @@ def _step(inner_mode: str):
   model = mlp.make_mlp((40, 40), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   loss = losses.mse_loss(model.apply)
-  optimizer = optax.adam(1e-3)
 
   def task_loss(p, xs, ys, xq, yq):
     support = lambda q: loss(q, xs, ys)
@@ -40,16 +37,7 @@ def _step(inner_mode: str):
       adapted = inner.adapt(support, p, inner_lr=0.01, num_inner_steps=1, unroll=inner_mode == 'scan_unrolled')
     return loss(adapted, xq, yq)
 
-  def step(state):
-    p, opt_state, key = state
-    key, task_key = jax.random.split(key)
-    t = sinusoid.sample_sinusoid_tasks(task_key, num_tasks=25, num_support=10, num_query=10)
-    value, grads = jax.value_and_grad(
-        lambda p: jnp.mean(jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0))(p, *t)))(p)
-    updates, opt_state = optimizer.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state, key), value
-
-  return jax.jit(step, donate_argnums=0), (params, optimizer.init(params), jax.random.key(1))
+  return meta_step_speed.plain_maml_step(task_loss, params)
 
 
 def main(argv):
