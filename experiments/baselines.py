@@ -295,16 +295,14 @@ def held_out_traces(config, meta_params, problem: problems.Problem, *, gate_mode
                     fixed_masks: types.Masks | None = None) -> dict[int, np.ndarray]:
   """Per-task query losses on the held-out tasks of ``train.evaluate_model``.
 
-  Same tasks (the eval key is folded off the seed with ``0x5EED``, then off the
-  shot count), same inner learning rate (``eval_inner_lr``) and horizon
+  Same tasks (``train.held_out_tasks``), same inner learning rate (``eval_inner_lr``) and horizon
   (``max(eval_steps)``); returns ``{shots: [eval_num_tasks, max_steps + 1]}``.
   """
   max_steps = max(int(k) for k in config.eval_steps)
   settings = train.inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
-  eval_key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)  # The rule of train.evaluate_model.
   out = {}
   for shots in config.eval_shots:
-    tasks = problem.eval_sampler(jax.random.fold_in(eval_key, int(shots)), int(config.eval_num_tasks), int(shots))
+    tasks = train.held_out_tasks(config, problem, shots)
     out[int(shots)] = evaluate.query_loss_traces(meta_params, tasks, loss_fn=problem.loss_fn, settings=settings,
                                                  gate_mode=gate_mode, fixed_masks=fixed_masks)
   return out

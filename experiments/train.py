@@ -213,6 +213,15 @@ def train(config, workdir: str, problem: problems.Problem):
   return state, timings
 
 
+def held_out_tasks(config, problem: problems.Problem, shots: int):
+  """The evaluation tasks for ``shots``: keyed off the seed, never off the training stream.
+
+  Every run (and every baseline) with the same seed sees the same tasks.
+  """
+  eval_key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
+  return problem.eval_sampler(jax.random.fold_in(eval_key, int(shots)), int(config.eval_num_tasks), int(shots))
+
+
 def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
   """Fresh-task evaluation for every ``eval_shots`` and ``eval_steps``, sparse and gates-off.
 
@@ -224,9 +233,8 @@ def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
   modes = ['deterministic', 'off'] if meta_params.get('gate_logits') is not None else ['off']
   names = {'deterministic': 'sparse', 'off': 'gates_off' if len(modes) == 2 else 'dense'}
   results = {}
-  eval_key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
   for shots in config.eval_shots:
-    tasks = problem.eval_sampler(jax.random.fold_in(eval_key, int(shots)), int(config.eval_num_tasks), int(shots))
+    tasks = held_out_tasks(config, problem, shots)
     for mode in modes:
       traces = evaluate.query_loss_traces(meta_params, tasks, loss_fn=problem.loss_fn, settings=settings,
                                           gate_mode=mode)

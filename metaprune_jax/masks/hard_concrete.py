@@ -113,16 +113,8 @@ def _is_none(x) -> bool:
 def sample_gates(gate_logits: types.GateLogits, key: types.PRNGKey,
                  hc: HardConcrete = HardConcrete(), *, noise_method: str = 'hash') -> types.Masks:
   """Reparameterised training-time gates, one independent draw per gate."""
-  leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=_is_none)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  out = []
-  for leaf, leaf_key in zip(leaves, keys):
-    if leaf is None:
-      out.append(None)
-      continue
-    u = noise.uniform(leaf_key, leaf.shape, method=noise_method, dtype=leaf.dtype)
-    out.append(gates_from_noise(leaf, u, hc))
-  return jax.tree.unflatten(treedef, out)
+  u = noise.uniform_tree(gate_logits, key, method=noise_method)
+  return jax.tree.map(lambda la, n: gates_from_noise(la, n, hc), gate_logits, u)
 
 
 def gates_from_noise(log_alpha: jax.Array, u: jax.Array, hc: HardConcrete = HardConcrete()) -> jax.Array:

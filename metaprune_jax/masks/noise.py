@@ -51,3 +51,25 @@ def uniform(key: jax.Array, shape: tuple[int, ...], *, method: str = 'hash',
   bits = _lowbias32(_lowbias32(index ^ seeds[0]) + seeds[1])
   # 24 high bits -> (k + 0.5) / 2**24, strictly inside (0, 1).
   return ((bits >> 8).astype(dtype) + 0.5) * (1.0 / (1 << 24))
+
+
+def uniform_tree(tree, key: jax.Array, *, method: str = 'hash', num_tasks: int | None = None):
+  """Uniform noise for every array leaf of ``tree`` (``None`` leaves stay ``None``).
+
+  One draw covers every leaf (and every task when ``num_tasks`` is given), then
+  is split per leaf: leaves ``[num_tasks, *leaf.shape]`` (or ``leaf.shape``).
+  Used for gate noise, outside the per-task ``vmap``, so RNG work is a single
+  call per meta-step.
+  """
+  leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+  sizes = [0 if leaf is None else leaf.size for leaf in leaves]
+  lead = () if num_tasks is None else (num_tasks,)
+  flat = uniform(key, lead + (max(sum(sizes), 1),), method=method)
+  out, start = [], 0
+  for leaf, size in zip(leaves, sizes):
+    if leaf is None:
+      out.append(None)
+      continue
+    out.append(flat[..., start:start + size].reshape(lead + leaf.shape).astype(leaf.dtype))
+    start += size
+  return jax.tree.unflatten(treedef, out)

@@ -55,23 +55,8 @@ class InnerSettings(NamedTuple):
 
 
 def sample_gate_noise(gate_logits, key: types.PRNGKey, method: str = 'hash', num_tasks: int | None = None):
-  """Uniform noise for every gate: leaves ``[num_tasks, *gate_shape]`` (or ``gate_shape`` if None).
-
-  One draw covers every gate of the whole task batch (then split per leaf),
-  outside the per-task ``vmap``: RNG work is a single call per meta-step.
-  """
-  leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=lambda x: x is None)
-  sizes = [0 if leaf is None else leaf.size for leaf in leaves]
-  lead = () if num_tasks is None else (num_tasks,)
-  flat = noise_lib.uniform(key, lead + (max(sum(sizes), 1),), method=method)
-  out, start = [], 0
-  for leaf, size in zip(leaves, sizes):
-    if leaf is None:
-      out.append(None)
-      continue
-    out.append(flat[..., start:start + size].reshape(lead + leaf.shape).astype(leaf.dtype))
-    start += size
-  return jax.tree.unflatten(treedef, out)
+  """Uniform noise for every gate: leaves ``[num_tasks, *gate_shape]`` (see ``noise.uniform_tree``)."""
+  return noise_lib.uniform_tree(gate_logits, key, method=method, num_tasks=num_tasks)
 
 
 def _masks(gate_logits, noise, gate_mode: str, hc):
