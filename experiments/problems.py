@@ -21,13 +21,21 @@ class Problem(NamedTuple):
     loss_fn: ``(params, inputs, targets) -> scalar``.
     train_sampler: ``(key, num_tasks) -> TaskBatch`` for meta-training.
     eval_sampler: ``(key, num_tasks, shots) -> TaskBatch`` for evaluation.
-    metric: name of the reported metric (``'mse'``).
+    metric: name of the reported metric (``'mse'`` or ``'accuracy'``).
+    accuracy_fn: classification only: ``(params, inputs, labels) -> scalar``
+      accuracy in [0, 1]; None for regression.
+    embed_fn: ``(params, inputs) -> [n, features]`` penultimate features (for
+      prototypical networks); None when the model has no embedding.
+    head_keys: top-level parameter names of the output head (what ANIL adapts).
   """
   init_params: Callable[[types.PRNGKey], types.Params]
   loss_fn: Callable
   train_sampler: Callable[[types.PRNGKey, int], types.TaskBatch]
   eval_sampler: Callable[[types.PRNGKey, int, int], types.TaskBatch]
   metric: str
+  accuracy_fn: Callable | None = None
+  embed_fn: Callable | None = None
+  head_keys: tuple[str, ...] = ()
 
 
 def sinusoid_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -47,7 +55,8 @@ def sinusoid_problem(config: ml_collections.ConfigDict) -> Problem:
         'num_tasks', 'num_support', 'num_query', 'ranges'))(
             key, num_tasks=num_tasks, num_support=shots, num_query=config.eval_num_query, ranges=ranges)
 
-  return Problem(init_params, losses.mse_loss(model.apply), train_sampler, eval_sampler, 'mse')
+  head = (f'Dense_{len(tuple(config.hidden_sizes))}',)
+  return Problem(init_params, losses.mse_loss(model.apply), train_sampler, eval_sampler, 'mse', head_keys=head)
 
 
 PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict], Problem]] = {
