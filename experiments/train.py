@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from experiments import checkpoint
@@ -52,6 +53,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            'needs at least 2 tasks for a confidence interval')
   for field in ('outer_lr', 'inner_lr', 'gate_lr', 'eval_inner_lr'):
     _require(float(config[field]) > 0, field, config[field], 'must be > 0')
+  _require(config.get('outer_lr_schedule', 'constant') in OUTER_LR_SCHEDULES, 'outer_lr_schedule',
+           config.get('outer_lr_schedule'), f'use one of {OUTER_LR_SCHEDULES}')
+  _require(0.0 <= float(config.get('outer_lr_final_scale', 0.0)) <= 1.0, 'outer_lr_final_scale',
+           config.get('outer_lr_final_scale'), 'must be in [0, 1]')
   _require(config.mask in MASKS, 'mask', config.mask, f'use one of {MASKS}')
   _require(config.granularity in hard_concrete.GRANULARITIES, 'granularity', config.granularity,
            f'use one of {hard_concrete.GRANULARITIES}')
@@ -90,6 +95,17 @@ def inner_settings(config, *, num_inner_steps=None, inner_lr=None) -> maml.Inner
       python_loop=bool(config.get('inner_python_loop', False)))
 
 
+OUTER_LR_SCHEDULES = ('constant', 'cosine')
+
+
+def outer_lr_schedule(config):
+  """The weights' outer learning rate: constant, or cosine-decayed to ``outer_lr_final_scale * outer_lr``."""
+  if config.get('outer_lr_schedule', 'constant') == 'constant':
+    return float(config.outer_lr)
+  return optax.cosine_decay_schedule(float(config.outer_lr), int(config.num_outer_steps),
+                                     alpha=float(config.outer_lr_final_scale))
+
+
 def init_state(config, problem: problems.Problem):
   """The initial ``MetaState`` and the outer optimiser for ``config``."""
   key = jax.random.key(config.seed)
@@ -101,7 +117,7 @@ def init_state(config, problem: problems.Problem):
     gate_logits = hard_concrete.init_gate_logits(params, spec, init_logit=float(config.init_logit))
     if hard_concrete.num_gated_weights(params, gate_logits) == 0:
       raise ValueError(f'--config.dense_layers={tuple(config.dense_layers)!r} leaves no layer gated.')
-  optimizer = meta_step.make_outer_optimizer(float(config.outer_lr), float(config.gate_lr),
+  optimizer = meta_step.make_outer_optimizer(outer_lr_schedule(config), float(config.gate_lr),
                                              float(config.grad_clip_norm) or None)
   state = meta_step.init_meta_state(train_key, params, gate_logits, optimizer, float(config.init_multiplier))
   return state, optimizer
@@ -230,6 +246,7 @@ def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
   """
   max_steps = max(int(k) for k in config.eval_steps)
   settings = inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
+  settings = settings._replace(python_loop=False)  # Long traced horizons: the scan compiles faster.
   modes = ['deterministic', 'off'] if meta_params.get('gate_logits') is not None else ['off']
   names = {'deterministic': 'sparse', 'off': 'gates_off' if len(modes) == 2 else 'dense'}
   results = {}

@@ -67,18 +67,50 @@ def _masks(gate_logits, noise, gate_mode: str, hc):
   return jax.tree.map(lambda la, u: hard_concrete.gates_from_noise(la, u, hc), gate_logits, noise)
 
 
+def _combined_masks(fixed_masks, gate_masks):
+  """The product of two mask trees (either may be None; ``None`` leaves mean unmasked)."""
+  if fixed_masks is None or gate_masks is None:
+    return gate_masks if fixed_masks is None else fixed_masks
+  return jax.tree.map(lambda f, g: g if f is None else (f if g is None else f * g), fixed_masks, gate_masks,
+                      is_leaf=lambda x: x is None)
+
+
 def _adaptation(meta_params, task: types.TaskBatch, noise, loss_fn: LossFn, settings: InnerSettings,
                 gate_mode: str, trace_query: bool, fixed_masks=None):
-  """Adapts on the support set; returns the adapted fast weights, the mask function and a trace."""
+  """Adapts on the support set; returns the adapted fast weights, the query loss function and a trace.
+
+  With fixed gates (no ``adapt_gates``) the inner loop runs on the masked
+  weights ``w = params * m`` directly: an SGD step on ``params`` moves ``w`` by
+  ``-inner_lr * m**2 * grad_w``, so adapting ``w`` with the per-weight step size
+  ``inner_lr * m**2`` is the same computation with the mask applied once per
+  task instead of inside every loss evaluation (1.3-1.6x faster gated meta-steps
+  on CPU, ``benchmarks/meta_step_speed.py``). The returned query loss takes the
+  adapted masked weights.
+  """
   if gate_mode not in GATE_MODES:
     raise ValueError(f'gate_mode={gate_mode!r} is unknown; use one of {GATE_MODES}.')
   params, gate_logits = meta_params['params'], meta_params.get('gate_logits')
   adapt_gates = settings.adapt_gates and gate_logits is not None and gate_mode != 'off'
 
-  def effective(fast):
-    p, logits = fast if adapt_gates else (fast, gate_logits)
-    p = masked.apply_masks(p, fixed_masks)
-    return masked.apply_masks(p, _masks(logits, noise, gate_mode, settings.hc))
+  if adapt_gates:
+    def effective(fast):
+      p, logits = fast
+      p = masked.apply_masks(p, fixed_masks)
+      return masked.apply_masks(p, _masks(logits, noise, gate_mode, settings.hc))
+    fast = (params, gate_logits)
+    lr = (jax.tree.map(lambda _: settings.inner_lr, params),
+          jax.tree.map(lambda _: settings.inner_gate_lr, gate_logits))
+  else:
+    masks = _combined_masks(fixed_masks, _masks(gate_logits, noise, gate_mode, settings.hc))
+    effective = lambda w: w
+    fast = masked.apply_masks(params, masks)
+    lr = settings.inner_lr
+    if masks is not None:
+      # First order treats the inner gradient m * grad_w as a constant: only the mask on the adapted
+      # weights stays differentiable, hence one stopped factor of m.
+      inner_m = jax.lax.stop_gradient if settings.first_order else (lambda m: m)
+      lr = jax.tree.map(lambda p, m: settings.inner_lr if m is None else settings.inner_lr * m * inner_m(m),
+                        params, masks, is_leaf=lambda x: x is None)
 
   def support_loss(fast):
     return loss_fn(effective(fast), task.support_inputs, task.support_targets)
@@ -86,12 +118,6 @@ def _adaptation(meta_params, task: types.TaskBatch, noise, loss_fn: LossFn, sett
   def query_loss(fast):
     return loss_fn(effective(fast), task.query_inputs, task.query_targets)
 
-  if adapt_gates:
-    fast = (params, gate_logits)
-    lr = (jax.tree.map(lambda _: settings.inner_lr, params),
-          jax.tree.map(lambda _: settings.inner_gate_lr, gate_logits))
-  else:
-    fast, lr = params, settings.inner_lr
   result = inner.adapt(support_loss, fast, inner_lr=lr, num_inner_steps=settings.num_inner_steps,
                        first_order=settings.first_order,
                        trace_fn=query_loss if trace_query else None, python_loop=settings.python_loop)

@@ -41,26 +41,38 @@ class MetaState(NamedTuple):
   masks: types.Masks | None = None
 
 
-def scale_by_group(group_lrs: dict[str, float]) -> optax.GradientTransformation:
+class ScaleByGroupState(NamedTuple):
+  """Number of updates taken (drives learning-rate schedules)."""
+  count: jax.Array
+
+
+def scale_by_group(group_lrs: dict[str, float | optax.Schedule]) -> optax.GradientTransformation:
   """Multiplies ``updates[name]`` by ``-group_lrs[name]`` (a learning rate per top-level group).
 
-  Cheaper than ``optax.multi_transform`` with one Adam per group: the Adam
-  statistics are shared code, only the final scaling differs.
+  A group's learning rate is a float or an ``optax`` schedule of the update
+  count. Cheaper than ``optax.multi_transform`` with one Adam per group: the
+  Adam statistics are shared code, only the final scaling differs.
   """
   def init_fn(params):
     del params
-    return optax.EmptyState()
+    return ScaleByGroupState(count=jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None):
     del params
-    return {name: jax.tree.map(lambda u, lr=group_lrs[name]: -lr * u, tree)
-            for name, tree in updates.items()}, state
+    scaled = {}
+    for name, tree in updates.items():
+      lr = group_lrs[name](state.count) if callable(group_lrs[name]) else group_lrs[name]
+      scaled[name] = jax.tree.map(lambda u, lr=lr: -lr * u, tree)
+    return scaled, ScaleByGroupState(optax.safe_increment(state.count))
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_outer_optimizer(outer_lr: float, gate_lr: float | None = None,
+def make_outer_optimizer(outer_lr: float | optax.Schedule, gate_lr: float | optax.Schedule | None = None,
                          grad_clip_norm: float | None = None) -> optax.GradientTransformation:
-  """Adam on the weights (``outer_lr``) and on the gate logits (``gate_lr``, default ``outer_lr``)."""
+  """Adam on the weights (``outer_lr``) and on the gate logits (``gate_lr``, default ``outer_lr``).
+
+  Either learning rate may be an ``optax`` schedule of the meta-step.
+  """
   chain = [optax.scale_by_adam(),
            scale_by_group({'params': outer_lr, 'gate_logits': outer_lr if gate_lr is None else gate_lr})]
   if grad_clip_norm:

@@ -85,6 +85,8 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
     ('meta_batch_size', -1, '--config.meta_batch_size'),
     ('task', 'imagenet', '--task'),
     ('granularity', 'atoms', '--config.granularity'),
+    ('outer_lr_schedule', 'linear', '--config.outer_lr_schedule'),
+    ('outer_lr_final_scale', 1.5, '--config.outer_lr_final_scale'),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
   config = smoke.get_config()

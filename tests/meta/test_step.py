@@ -151,3 +151,14 @@ def test_hardening_fixes_the_mask_at_exactly_the_target_then_fine_tunes_weights(
   assert float(jnp.abs(state.meta_params['params']['Dense_1']['kernel']
                        - hardened['params']['Dense_1']['kernel']).max()) > 0.0
   assert counter.count == 1
+
+
+def test_group_learning_rate_schedules_follow_the_update_count():
+  schedule = lambda count: 0.1 / (1.0 + count)
+  transform = meta_step.scale_by_group({'params': schedule, 'gate_logits': 0.5})
+  updates = {'params': {'w': jnp.ones((2,))}, 'gate_logits': {'w': jnp.ones((2,))}}
+  state = transform.init(updates)
+  for count in range(3):
+    scaled, state = transform.update(updates, state)
+    test_utils.assert_close(scaled['params']['w'], -schedule(count) * jnp.ones((2,)))
+    test_utils.assert_close(scaled['gate_logits']['w'], -0.5 * jnp.ones((2,)))
