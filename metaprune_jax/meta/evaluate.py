@@ -7,6 +7,10 @@ the count of diverged tasks (non-finite, above ``divergence_threshold``, or more
 than ``divergence_ratio`` times worse than before adaptation).
 The mean and its interval are over the tasks that did not diverge; the count of
 those that did is reported beside them, so a NaN is never silent.
+
+``learner_traces`` does the same for any learner of ``meta.learners`` and also
+returns the query accuracy of classification problems; ``summarise_accuracy``
+gives its mean +- 95% CI (accuracy never "diverges").
 """
 
 import functools
@@ -18,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaprune_jax import types
+from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
 
 
@@ -53,6 +58,46 @@ def query_loss_traces(meta_params, tasks: types.TaskBatch, *, loss_fn: maml.Loss
     out.append(np.asarray(_traces(meta_params, chunk, fixed_masks, loss_fn=loss_fn, settings=settings,
                                   gate_mode=gate_mode), np.float64))
   return np.concatenate(out, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=('learner', 'settings', 'gate_mode'))
+def _learner_traces(meta_params, tasks: types.TaskBatch, fixed_masks, *, learner, settings, gate_mode):
+  return jax.vmap(
+      lambda task: learner.task_traces(meta_params, task, settings=settings, gate_mode=gate_mode,
+                                       fixed_masks=fixed_masks),
+      in_axes=(0,))(tasks)
+
+
+def learner_traces(learner: learners.Learner, meta_params, tasks: types.TaskBatch, *,
+                   settings: maml.InnerSettings, gate_mode: str = 'deterministic', chunk_size: int = 200,
+                   fixed_masks=None) -> dict[str, np.ndarray]:
+  """Query loss (and accuracy, for classification) of every task before and after each inner step.
+
+  Args:
+    learner: from ``learners.get_learner``.
+    meta_params: ``{'params', 'gate_logits', *extra}``.
+    tasks: ``TaskBatch`` with a leading ``[num_tasks]`` axis.
+    settings: inner-loop settings; ``num_inner_steps`` is the longest horizon.
+    gate_mode: ``'deterministic'`` or ``'off'``.
+    chunk_size: tasks per jitted call (bounds memory: a Conv-4 task of 20-way
+      5-shot holds ~400 images of activations).
+    fixed_masks: optional fixed mask tree.
+
+  Returns:
+    ``{'loss': [num_tasks, num_inner_steps + 1][, 'accuracy': same]}`` float64.
+  """
+  num_tasks = tasks.support_inputs.shape[0]
+  out = []
+  for start in range(0, num_tasks, chunk_size):
+    chunk = jax.tree.map(lambda x, s=start: x[s:s + chunk_size], tasks)
+    out.append(jax.device_get(_learner_traces(meta_params, chunk, fixed_masks, learner=learner,
+                                              settings=settings, gate_mode=gate_mode)))
+  return {name: np.concatenate([np.asarray(o[name], np.float64) for o in out], axis=0) for name in out[0]}
+
+
+def summarise_accuracy(traces: np.ndarray, steps: Sequence[int]) -> dict[str, dict[str, float]]:
+  """Mean +- 95% CI of per-task accuracies ``[num_tasks, steps + 1]`` at each inner step in ``steps``."""
+  return {f'step_{k}': summarise(traces[:, k], None, divergence_threshold=float('inf')) for k in steps}
 
 
 def confidence_interval_95(values: np.ndarray) -> float:

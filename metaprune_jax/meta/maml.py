@@ -75,53 +75,83 @@ def _combined_masks(fixed_masks, gate_masks):
                       is_leaf=lambda x: x is None)
 
 
-def _adaptation(meta_params, task: types.TaskBatch, noise, loss_fn: LossFn, settings: InnerSettings,
-                gate_mode: str, trace_query: bool, fixed_masks=None):
-  """Adapts on the support set; returns the adapted fast weights, the query loss function and a trace.
+def masked_params(meta_params, noise, gate_mode: str, hc: hard_concrete.HardConcrete, fixed_masks=None):
+  """The parameters a forward pass runs with: fixed masks, then gates (no adaptation)."""
+  if gate_mode not in GATE_MODES:
+    raise ValueError(f'gate_mode={gate_mode!r} is unknown; use one of {GATE_MODES}.')
+  params = masked.apply_masks(meta_params['params'], fixed_masks)
+  return masked.apply_masks(params, _masks(meta_params.get('gate_logits'), noise, gate_mode, hc))
+
+
+def adapt_task(meta_params, task: types.TaskBatch, noise, loss_fn: LossFn, settings: InnerSettings,
+               gate_mode: str, trace: Callable | None, fixed_masks=None, adapt_keys=None,
+               weight_space: bool = True):
+  """Adapts on the support set.
 
   With fixed gates (no ``adapt_gates``) the inner loop runs on the masked
   weights ``w = params * m`` directly: an SGD step on ``params`` moves ``w`` by
   ``-inner_lr * m**2 * grad_w``, so adapting ``w`` with the per-weight step size
   ``inner_lr * m**2`` is the same computation with the mask applied once per
-  task instead of inside every loss evaluation (1.3-1.6x faster gated meta-steps
-  on CPU, ``benchmarks/meta_step_speed.py``). The returned query loss takes the
-  adapted masked weights.
+  task instead of inside every loss evaluation (faster gated meta-steps,
+  ``benchmarks/meta_step_speed.py``). In first order the inner gradient
+  ``m * grad_w`` is a constant, so one factor of ``m`` is stopped.
+
+  Args:
+    trace: optional ``effective_params -> value`` recorded before and after
+      every inner step (e.g. the query loss).
+    adapt_keys: top-level parameter names adapted in the inner loop (ANIL: the
+      head); None adapts every parameter. The others stay at their meta-values
+      (still differentiable: the outer gradient reaches them).
+    weight_space: adapt the masked weights (above); False adapts the raw
+      parameters under the mask (Reptile needs them: its outer direction is
+      ``params - adapted params``).
+
+  ``meta_params['inner_lrs']``, when present (Meta-SGD), is a tree of per-parameter
+  inner learning rates mirroring ``params``; it replaces ``settings.inner_lr``.
+
+  Returns:
+    ``(adapted fast weights[, trace]), effective`` where ``effective(fast)`` gives
+    the masked parameters the network runs with.
   """
   if gate_mode not in GATE_MODES:
     raise ValueError(f'gate_mode={gate_mode!r} is unknown; use one of {GATE_MODES}.')
   params, gate_logits = meta_params['params'], meta_params.get('gate_logits')
   adapt_gates = settings.adapt_gates and gate_logits is not None and gate_mode != 'off'
+  inner_lrs = meta_params.get('inner_lrs')
+  select = (lambda tree: tree) if adapt_keys is None else (lambda tree: {k: tree[k] for k in adapt_keys})
+  if inner_lrs is not None:
+    inner_lrs = select(inner_lrs)
 
-  if adapt_gates:
+  if adapt_gates or not weight_space:
     def effective(fast):
-      p, logits = fast
-      p = masked.apply_masks(p, fixed_masks)
+      p, logits = fast if adapt_gates else (fast, gate_logits)
+      p = masked.apply_masks({**params, **p}, fixed_masks)
       return masked.apply_masks(p, _masks(logits, noise, gate_mode, settings.hc))
-    fast = (params, gate_logits)
-    lr = (jax.tree.map(lambda _: settings.inner_lr, params),
-          jax.tree.map(lambda _: settings.inner_gate_lr, gate_logits))
+    weights = select(params)
+    weight_lr = jax.tree.map(lambda _: settings.inner_lr, weights) if inner_lrs is None else inner_lrs
+    fast, lr = weights, weight_lr
+    if adapt_gates:
+      fast, lr = (weights, gate_logits), (weight_lr, jax.tree.map(lambda _: settings.inner_gate_lr, gate_logits))
   else:
     masks = _combined_masks(fixed_masks, _masks(gate_logits, noise, gate_mode, settings.hc))
-    effective = lambda w: w
-    fast = masked.apply_masks(params, masks)
-    lr = settings.inner_lr
+    start = masked.apply_masks(params, masks)
+    effective = lambda w: {**start, **w}  # pylint: disable=unnecessary-lambda-assignment
+    fast = select(start)
+    lr = settings.inner_lr if inner_lrs is None else inner_lrs
     if masks is not None:
-      # First order treats the inner gradient m * grad_w as a constant: only the mask on the adapted
-      # weights stays differentiable, hence one stopped factor of m.
       inner_m = jax.lax.stop_gradient if settings.first_order else (lambda m: m)
-      lr = jax.tree.map(lambda p, m: settings.inner_lr if m is None else settings.inner_lr * m * inner_m(m),
-                        params, masks, is_leaf=lambda x: x is None)
+      lr = jax.tree.map(lambda p, r, m: r if m is None else r * m * inner_m(m), fast,
+                        jax.tree.map(lambda _: lr, fast) if inner_lrs is None else lr, select(masks),
+                        is_leaf=lambda x: x is None)
 
   def support_loss(fast):
     return loss_fn(effective(fast), task.support_inputs, task.support_targets)
 
-  def query_loss(fast):
-    return loss_fn(effective(fast), task.query_inputs, task.query_targets)
-
   result = inner.adapt(support_loss, fast, inner_lr=lr, num_inner_steps=settings.num_inner_steps,
                        first_order=settings.first_order,
-                       trace_fn=query_loss if trace_query else None, python_loop=settings.python_loop)
-  return result, query_loss
+                       trace_fn=None if trace is None else (lambda f: trace(effective(f))),
+                       python_loop=settings.python_loop)
+  return result, effective
 
 
 def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey | None, *, loss_fn: LossFn,
@@ -142,8 +172,8 @@ def task_query_loss(meta_params, task: types.TaskBatch, key: types.PRNGKey | Non
   """
   if gate_mode == 'sample' and noise is None and meta_params.get('gate_logits') is not None:
     noise = sample_gate_noise(meta_params['gate_logits'], key, settings.noise)
-  adapted, query_loss = _adaptation(meta_params, task, noise, loss_fn, settings, gate_mode, False, fixed_masks)
-  return query_loss(adapted)
+  adapted, effective = adapt_task(meta_params, task, noise, loss_fn, settings, gate_mode, None, fixed_masks)
+  return loss_fn(effective(adapted), task.query_inputs, task.query_targets)
 
 
 def query_loss_trace(meta_params, task: types.TaskBatch, *, loss_fn: LossFn, settings: InnerSettings,
@@ -151,7 +181,8 @@ def query_loss_trace(meta_params, task: types.TaskBatch, *, loss_fn: LossFn, set
   """Query loss before and after every inner step: ``[num_inner_steps + 1]`` (evaluation)."""
   if gate_mode == 'sample':
     raise ValueError("query_loss_trace evaluates fixed gates: use gate_mode='deterministic' or 'off'.")
-  (_, trace), _ = _adaptation(meta_params, task, None, loss_fn, settings, gate_mode, True, fixed_masks)
+  (_, trace), _ = adapt_task(meta_params, task, None, loss_fn, settings, gate_mode,
+                             lambda p: loss_fn(p, task.query_inputs, task.query_targets), fixed_masks)
   return trace
 
 

@@ -15,6 +15,7 @@ import optax
 from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
+from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
 from metaprune_jax.nets import masked
 
@@ -25,7 +26,8 @@ class MetaState(NamedTuple):
   """Meta-training state.
 
   Attributes:
-    meta_params: ``{'params': Params, 'gate_logits': GateLogits | None}``.
+    meta_params: ``{'params': Params, 'gate_logits': GateLogits | None}``, plus
+      any extra groups of the learner (Meta-SGD: ``'inner_lrs'``).
     opt_state: outer optimiser state.
     multiplier: Lagrange multiplier of the sparsity constraint (scalar).
     step: number of meta-steps taken (int32 scalar).
@@ -68,13 +70,16 @@ def scale_by_group(group_lrs: dict[str, float | optax.Schedule]) -> optax.Gradie
 
 
 def make_outer_optimizer(outer_lr: float | optax.Schedule, gate_lr: float | optax.Schedule | None = None,
-                         grad_clip_norm: float | None = None) -> optax.GradientTransformation:
-  """Adam on the weights (``outer_lr``) and on the gate logits (``gate_lr``, default ``outer_lr``).
+                         grad_clip_norm: float | None = None,
+                         inner_lrs_lr: float | optax.Schedule | None = None) -> optax.GradientTransformation:
+  """Adam on the weights (``outer_lr``), the gate logits (``gate_lr``) and Meta-SGD's
+  inner learning rates (``inner_lrs_lr``); the last two default to ``outer_lr``.
 
-  Either learning rate may be an ``optax`` schedule of the meta-step.
+  Any learning rate may be an ``optax`` schedule of the meta-step.
   """
   chain = [optax.scale_by_adam(),
-           scale_by_group({'params': outer_lr, 'gate_logits': outer_lr if gate_lr is None else gate_lr})]
+           scale_by_group({'params': outer_lr, 'gate_logits': outer_lr if gate_lr is None else gate_lr,
+                           'inner_lrs': outer_lr if inner_lrs_lr is None else inner_lrs_lr})]
   if grad_clip_norm:
     chain.insert(0, optax.clip_by_global_norm(grad_clip_norm))
   return optax.chain(*chain)
@@ -82,9 +87,12 @@ def make_outer_optimizer(outer_lr: float | optax.Schedule, gate_lr: float | opta
 
 def init_meta_state(key: types.PRNGKey, params: types.Params, gate_logits: types.GateLogits | None,
                     optimizer: optax.GradientTransformation, init_multiplier: float = 0.0,
-                    masks: types.Masks | None = None) -> MetaState:
-  """A fresh state; with ``masks`` the pruned weights are zeroed from the start."""
-  meta_params = {'params': masked.apply_masks(params, masks), 'gate_logits': gate_logits}
+                    masks: types.Masks | None = None, extra: dict | None = None) -> MetaState:
+  """A fresh state; with ``masks`` the pruned weights are zeroed from the start.
+
+  ``extra``: further meta-parameter groups of the learner (``Learner.init_extra``).
+  """
+  meta_params = {'params': masked.apply_masks(params, masks), 'gate_logits': gate_logits, **(extra or {})}
   return MetaState(meta_params=meta_params, opt_state=optimizer.init(meta_params),
                    multiplier=jnp.asarray(init_multiplier, jnp.float32),
                    step=jnp.zeros((), jnp.int32), key=key, masks=masks)
@@ -107,12 +115,13 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
                    *, meta_batch_size: int, settings: maml.InnerSettings,
                    objective: l0_objective.L0Objective = l0_objective.L0Objective(),
                    harden_step: int | None = None,
-                   donate: bool = True) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
+                   donate: bool = True,
+                   learner: learners.Learner | None = None) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
   """Builds the jitted ``step(state) -> (state, metrics)``.
 
   Inside one ``jax.jit``: split the key, sample ``meta_batch_size`` tasks on
   device, adapt each task (``vmap``; inner loop is a ``lax.scan``), average the
-  query losses, add the sparsity term, take one optimiser step, and one dual step
+  query losses (``learner.batch_loss``; default MAML on ``loss_fn``), add the sparsity term, take one optimiser step, and one dual step
   on the multiplier.
 
   ``harden_step`` (prune -> fine-tune): at that meta-step the gates are hardened
@@ -126,9 +135,12 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   a pass over every gate and is off the hot path: ``sparsity_metrics`` computes it
   when a log line is due.
   """
+  if learner is None:
+    learner = learners.get_learner('maml', loss_fn=loss_fn)
+
   def objective_fn(meta_params, multiplier, tasks, key, step, fixed_masks):
-    query_loss = maml.batch_query_loss(meta_params, tasks, key, loss_fn=loss_fn, settings=settings,
-                                       gate_mode='sample', fixed_masks=fixed_masks)
+    query_loss = learner.batch_loss(meta_params, tasks, key, settings=settings,
+                                    gate_mode='sample', fixed_masks=fixed_masks)
     gate_logits = meta_params.get('gate_logits')
     if gate_logits is None:
       return query_loss, (query_loss, jnp.ones((), jnp.float32))  # Dense: density 1.

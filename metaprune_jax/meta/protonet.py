@@ -1,0 +1,67 @@
+"""Prototypical networks (Snell et al. 2017) with gates: no inner loop.
+
+Per task: embed support and query sets (``embed_fn`` on the gated / masked
+parameters; with Conv-4's batch norm each set is normalised with its own
+statistics), prototypes = mean support embedding per class, logits = minus the
+squared Euclidean distance to each prototype, loss = softmax cross-entropy.
+
+The number of classes is not static: labels index a ``[support_size]`` slot
+axis and slots with no support example get a logit of ``-1e30`` (probability
+0), so any N-way episode works with one compiled function per shape. The head
+parameters (if any) are unused. Evaluation traces repeat the one value for every
+"inner step" so tables line up with the adaptive learners.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaprune_jax.meta import learners
+from metaprune_jax.meta import maml
+
+_EMPTY_LOGIT = -1e30
+
+
+def prototype_logits(support_embeddings: jax.Array, support_labels: jax.Array,
+                     query_embeddings: jax.Array) -> jax.Array:
+  """Minus squared distances to class prototypes.
+
+  Args:
+    support_embeddings: ``[support, features]``.
+    support_labels: int ``[support]`` in ``0..support-1``.
+    query_embeddings: ``[query, features]``.
+
+  Returns:
+    ``[query, support]`` logits; slot ``c`` is class ``c``; empty slots ``-1e30``.
+  """
+  num_slots = support_embeddings.shape[0]
+  one_hot = jax.nn.one_hot(support_labels, num_slots, dtype=support_embeddings.dtype)  # [support, slots]
+  counts = jnp.sum(one_hot, axis=0)
+  prototypes = (one_hot.T @ support_embeddings) / jnp.maximum(counts, 1.0)[:, None]
+  sq_dist = (jnp.sum(jnp.square(query_embeddings), -1, keepdims=True) - 2.0 * query_embeddings @ prototypes.T
+             + jnp.sum(jnp.square(prototypes), -1)[None, :])
+  return jnp.where(counts[None, :] > 0, -sq_dist, _EMPTY_LOGIT)
+
+
+def protonet(embed_fn: Callable) -> learners.Learner:
+  """The ProtoNet learner for ``embed_fn(params, inputs) -> [n, features]``."""
+  def metrics(meta_params, task, noise, settings, gate_mode, fixed_masks):
+    params = maml.masked_params(meta_params, noise, gate_mode, settings.hc, fixed_masks)
+    logits = prototype_logits(embed_fn(params, task.support_inputs), task.support_targets,
+                              embed_fn(params, task.query_inputs))
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, task.query_targets))
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == task.query_targets).astype(jnp.float32))
+    return loss, accuracy
+
+  def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
+    return metrics(meta_params, task, noise, settings, gate_mode, fixed_masks)[0]
+
+  def task_traces(meta_params, task, *, settings, gate_mode='deterministic', fixed_masks=None):
+    learners.check_eval_mode(gate_mode)
+    loss, accuracy = metrics(meta_params, task, None, settings, gate_mode, fixed_masks)
+    repeat = lambda x: jnp.full((settings.num_inner_steps + 1,), x)  # pylint: disable=unnecessary-lambda-assignment
+    return {'loss': repeat(loss), 'accuracy': repeat(accuracy)}
+
+  return learners.Learner('protonet', task_loss, learners.batch_mean(task_loss), task_traces, learners.no_extra)

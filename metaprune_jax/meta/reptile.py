@@ -1,0 +1,45 @@
+"""Reptile (Nichol et al. 2018) with gates, as a surrogate loss for the shared meta-step.
+
+Per task: adapt on the support set (first-order: nothing differentiates
+through the inner loop), then return
+
+    query_loss(effective(sg(adapted)))  +  0.5 ||theta - sg(adapted)||^2 - sg(0.5 ||theta - adapted||^2)
+
+The second part is 0 in value and has gradient ``theta - adapted`` w.r.t. the
+adapted meta-parameters (the Reptile direction; averaged over the batch by the
+meta-step). The first part is the query loss after adaptation, so the loss
+reported is the usual one; with the weights held at ``sg(adapted)`` its only
+gradient is into the gate logits (the gates stay differentiable), which is how
+Reptile learns a mask. With ``adapt_gates`` the gate logits are adapted too and
+get the Reptile direction instead.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from metaprune_jax.meta import learners
+from metaprune_jax.meta import maml
+
+
+def pull(theta, adapted) -> jax.Array:
+  """Zero-valued scalar whose gradient w.r.t. ``theta`` is ``theta - adapted`` (``adapted`` constant)."""
+  adapted = jax.lax.stop_gradient(adapted)
+  half_sq = sum(0.5 * jnp.sum(jnp.square(t - a)) for t, a in zip(jax.tree.leaves(theta), jax.tree.leaves(adapted)))
+  return half_sq - jax.lax.stop_gradient(half_sq)
+
+
+def reptile(loss_fn: maml.LossFn, accuracy_fn: Callable | None = None) -> learners.Learner:
+  adaptive = learners.adaptive_learner('reptile', loss_fn, accuracy_fn, first_order=True)
+
+  def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
+    settings = settings._replace(first_order=True)
+    adapted, effective = maml.adapt_task(meta_params, task, noise, loss_fn, settings, gate_mode, None, fixed_masks,
+                                         weight_space=False)
+    adapted = jax.lax.stop_gradient(adapted)
+    gates_adapted = settings.adapt_gates and meta_params.get('gate_logits') is not None and gate_mode != 'off'
+    theta = (meta_params['params'], meta_params['gate_logits']) if gates_adapted else meta_params['params']
+    return loss_fn(effective(adapted), task.query_inputs, task.query_targets) + pull(theta, adapted)
+
+  return adaptive._replace(task_loss=task_loss, batch_loss=learners.batch_mean(task_loss))
