@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from metaprune_jax import types
+from metaprune_jax.masks import hard_concrete
 
 
 def _is_none(x) -> bool:
@@ -140,3 +141,89 @@ def mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
   jaccard = jnp.where(either > 0, differ / jnp.maximum(either, 1.0), 0.0)
   return {'jaccard': jnp.sum(jaccard * off_diagonal) / pairs,
           'hamming': jnp.sum(differ / flat.shape[1] * off_diagonal) / pairs}
+
+
+HARDENED = 'meta_pruner_hardened'  # Traced flag the meta-step sets after ``harden_step``.
+
+
+def task_features_fn(embed_fn=None):
+  """``(params, task) -> [n, feature_dim]``: the backbone's support embeddings, else the ``(x, y)`` pairs.
+
+  Embeddings are computed with the current (unmasked) meta-parameters and
+  treated as constants: the meta-pruner reads them but does not train the backbone.
+  """
+  if embed_fn is None:
+    return lambda params, task: regression_features(task.support_inputs, task.support_targets)
+  return lambda params, task: jax.lax.stop_gradient(embed_fn(params, task.support_inputs))
+
+
+def conditioned_learner(learner, features_fn, *, target_sparsity: float | None = None,
+                        hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()):
+  """Wraps a learner so that every task runs with its own gate logits; returns ``(learner, gate_density)``.
+
+  Meta-parameters gain a ``'meta_pruner'`` group (``init_meta_pruner``);
+  ``'gate_logits'`` holds the shared base logits. Per task, the wrapped learner
+  sees ``gate_logits = task_gate_logits(...)`` and otherwise runs unchanged (its
+  gate noise, inner loop and outer loss). With ``target_sparsity`` set, each
+  task's logits are hardened to exactly that sparsity (``hard_concrete.harden``,
+  the task's own lowest logits pruned) at evaluation (``gate_mode='deterministic'``)
+  and, during training, once the meta-step sets ``HARDENED`` (prune -> fine-tune).
+
+  Args:
+    learner: a ``learners.Learner``.
+    features_fn: ``(params, task) -> [n, feature_dim]`` (``task_features_fn``).
+    target_sparsity: the requested sparsity, or None (no hardening).
+    hc: hard-concrete constants.
+
+  Returns:
+    The wrapped learner, and ``gate_density(meta_params, tasks) -> scalar``: the
+    mean over tasks of each task's expected density (what the L0 term constrains).
+  """
+  from metaprune_jax.meta import learners  # pylint: disable=g-import-not-at-top
+
+  def with_task_gates(meta_params, task, gate_mode):
+    params = meta_params['params']
+    logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
+                              features_fn(params, task))
+    harden_now = meta_params.get(HARDENED)
+    if gate_mode == 'deterministic':
+      harden_now = True
+    if target_sparsity is not None and harden_now is not None:
+      hard = hard_concrete.harden(params, jax.lax.stop_gradient(logits), target_sparsity)
+      logits = jax.tree.map(lambda h, s: jnp.where(harden_now, h, s), hard, logits)
+    return {**meta_params, 'gate_logits': logits}
+
+  def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
+    if gate_mode != 'off':
+      meta_params = with_task_gates(meta_params, task, gate_mode)
+    return learner.task_loss(meta_params, task, noise, settings=settings, gate_mode=gate_mode,
+                             fixed_masks=fixed_masks)
+
+  def task_traces(meta_params, task, *, settings, gate_mode='deterministic', fixed_masks=None):
+    if gate_mode != 'off':
+      meta_params = with_task_gates(meta_params, task, gate_mode)
+    return learner.task_traces(meta_params, task, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
+
+  def gate_density(meta_params, tasks):
+    def one(task):
+      return hard_concrete.expected_density(meta_params['params'],
+                                            with_task_gates(meta_params, task, 'sample')['gate_logits'], hc)
+    return jnp.mean(jax.vmap(one)(tasks))
+
+  wrapped = learner._replace(name=f'{learner.name}+meta_pruner', task_loss=task_loss,
+                             batch_loss=learners.batch_mean(task_loss), task_traces=task_traces)
+  return wrapped, gate_density
+
+
+def task_masks(meta_params, tasks, features_fn, *, target_sparsity: float | None,
+               hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()):
+  """Deterministic (hardened to ``target_sparsity`` when given) masks of a task batch: leaves ``[T, ...]``."""
+  params = meta_params['params']
+
+  def one(task):
+    logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
+                              features_fn(params, task))
+    if target_sparsity is not None:
+      logits = hard_concrete.harden(params, logits, target_sparsity)
+    return hard_concrete.deterministic_gates(logits, hc)
+  return jax.vmap(one)(tasks)

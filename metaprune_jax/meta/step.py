@@ -17,6 +17,7 @@ from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
+from metaprune_jax.meta import meta_pruner
 from metaprune_jax.nets import masked
 
 TaskSampler = Callable[[types.PRNGKey, int], types.TaskBatch]
@@ -74,11 +75,13 @@ def make_outer_optimizer(outer_lr: float | optax.Schedule, gate_lr: float | opta
                          inner_lrs_lr: float | optax.Schedule | None = None) -> optax.GradientTransformation:
   """Adam on the weights (``outer_lr``), the gate logits (``gate_lr``) and Meta-SGD's
   inner learning rates (``inner_lrs_lr``); the last two default to ``outer_lr``.
+  The meta-pruner's parameters (``'meta_pruner'``) train at ``gate_lr``.
 
   Any learning rate may be an ``optax`` schedule of the meta-step.
   """
   chain = [optax.scale_by_adam(),
            scale_by_group({'params': outer_lr, 'gate_logits': outer_lr if gate_lr is None else gate_lr,
+                           'meta_pruner': outer_lr if gate_lr is None else gate_lr,
                            'inner_lrs': outer_lr if inner_lrs_lr is None else inner_lrs_lr})]
   if grad_clip_norm:
     chain.insert(0, optax.clip_by_global_norm(grad_clip_norm))
@@ -116,7 +119,8 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
                    objective: l0_objective.L0Objective = l0_objective.L0Objective(),
                    harden_step: int | None = None,
                    donate: bool = True,
-                   learner: learners.Learner | None = None) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
+                   learner: learners.Learner | None = None,
+                   gate_density: Callable | None = None) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
   """Builds the jitted ``step(state) -> (state, metrics)``.
 
   Inside one ``jax.jit``: split the key, sample ``meta_batch_size`` tasks on
@@ -130,6 +134,12 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   remaining steps meta-train the weights under that fixed mask. The switch is a
   ``lax.cond`` on ``state.step``, so it costs no retrace and survives resume.
 
+  ``gate_density(meta_params, tasks)`` (task-conditioned gates, from
+  ``meta_pruner.conditioned_learner``): the expected density the L0 term
+  constrains, averaged over the batch's own per-task gates. Then hardening is
+  per task (the learner hardens each task's gates once ``meta_pruner.HARDENED``
+  is set) and the shared logits and the ``'meta_pruner'`` group freeze together.
+
   Metrics: ``outer/objective``, ``outer/query_loss``, ``mask/expected_sparsity``
   (of the gates this step used) and ``mask/multiplier``. Realised sparsity needs
   a pass over every gate and is off the hot path: ``sparsity_metrics`` computes it
@@ -138,18 +148,25 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   if learner is None:
     learner = learners.get_learner('maml', loss_fn=loss_fn)
 
+  frozen_groups = ('gate_logits', 'meta_pruner')
+
   def objective_fn(meta_params, multiplier, tasks, key, step, fixed_masks):
+    if gate_density is not None and harden_step is not None:
+      meta_params = {**meta_params, meta_pruner.HARDENED: step >= harden_step}
     query_loss = learner.batch_loss(meta_params, tasks, key, settings=settings,
                                     gate_mode='sample', fixed_masks=fixed_masks)
     gate_logits = meta_params.get('gate_logits')
     if gate_logits is None:
       return query_loss, (query_loss, jnp.ones((), jnp.float32))  # Dense: density 1.
-    density = hard_concrete.expected_density(meta_params['params'], gate_logits, settings.hc)
+    if gate_density is None:
+      density = hard_concrete.expected_density(meta_params['params'], gate_logits, settings.hc)
+    else:
+      density = gate_density(meta_params, tasks)
     total = l0_objective.outer_objective(query_loss, density, multiplier, objective, step)
     return total, (query_loss, density)
 
   def harden_if_due(meta_params, step):
-    if harden_step is None or meta_params.get('gate_logits') is None:
+    if harden_step is None or meta_params.get('gate_logits') is None or gate_density is not None:
       return meta_params
     return jax.lax.cond(
         step == harden_step,
@@ -166,10 +183,12 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
     frozen = harden_step is not None and meta_params_gated(state.meta_params)
     if frozen:  # After hardening the mask is fixed: no gradient reaches the gates.
       after = state.step >= harden_step
-      grads = {**grads, 'gate_logits': jax.tree.map(lambda g: jnp.where(after, 0.0, g), grads['gate_logits'])}
+      grads = {**grads, **{name: jax.tree.map(lambda g: jnp.where(after, 0.0, g), grads[name])
+                           for name in frozen_groups if name in grads}}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
     if frozen:  # Adam's momentum must not move frozen gates either.
-      updates = {**updates, 'gate_logits': jax.tree.map(lambda u: jnp.where(after, 0.0, u), updates['gate_logits'])}
+      updates = {**updates, **{name: jax.tree.map(lambda u: jnp.where(after, 0.0, u), updates[name])
+                               for name in frozen_groups if name in updates}}
     meta_params = optax.apply_updates(state.meta_params, updates)
     if state.masks is not None:  # Momentum from before pruning must not revive a pruned weight.
       meta_params = {**meta_params, 'params': masked.apply_masks(meta_params['params'], state.masks)}

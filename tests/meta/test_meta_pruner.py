@@ -88,3 +88,59 @@ def test_mask_distances_match_hand_counts():
   three = meta_pruner.mask_distances([a, b, {'k': jnp.array([0.0, 0.0, 1.0, 1.0])}])
   expected_jaccard = np.mean([2 / 3, 1.0, 2 / 3])
   test_utils.assert_close(three['jaccard'], expected_jaccard, rtol=1e-6)
+
+
+def _sinusoid_state(harden_step=None, target=0.75):
+  from metaprune_jax import losses
+  from metaprune_jax.masks import l0_objective
+  from metaprune_jax.meta import learners
+  from metaprune_jax.meta import maml
+  from metaprune_jax.meta import step as meta_step
+  from metaprune_jax.tasks import sinusoid
+  model = mlp.make_mlp((8, 8), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  base = hard_concrete.init_gate_logits(params, 'weight', init_logit=1.0)
+  features_fn = meta_pruner.task_features_fn()
+  pruner = meta_pruner.init_meta_pruner(jax.random.key(1), params, base, feature_dim=2, hidden_sizes=(8,),
+                                        embed_dim=4)
+  loss_fn = losses.mse_loss(model.apply)
+  learner, density = meta_pruner.conditioned_learner(learners.get_learner('maml', loss_fn=loss_fn), features_fn,
+                                                     target_sparsity=target)
+  optimizer = meta_step.make_outer_optimizer(1e-2, 1e-1)
+  state = meta_step.init_meta_state(jax.random.key(2), params, base, optimizer, extra={'meta_pruner': pruner})
+  sampler = lambda key, n: sinusoid.sample_sinusoid_tasks(key, num_tasks=n, num_support=5, num_query=5)
+  counter = test_utils.CompileCounter()
+  step = meta_step.make_meta_step(counter.wrap(sampler), loss_fn, optimizer, meta_batch_size=4,
+                                  settings=maml.InnerSettings(inner_lr=0.01),
+                                  objective=l0_objective.L0Objective(target_sparsity=target, dual_lr=0.1),
+                                  harden_step=harden_step, learner=learner, gate_density=density)
+  return state, step, counter, learner, features_fn, sampler
+
+
+def test_meta_step_trains_the_pruner_without_recompiling():
+  state, step, counter, _, _, _ = _sinusoid_state()
+  before = state.meta_params['meta_pruner']
+  before = jax.tree.map(jnp.copy, before)
+  for _ in range(3):
+    state, metrics = step(state)
+  test_utils.assert_all_finite(metrics)
+  assert counter.count == 1
+  moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(state.meta_params['meta_pruner']),
+                                                         jax.tree.leaves(before))]
+  assert min(moved) > 0, 'every meta-pruner parameter group must receive updates'
+
+
+def test_hardened_task_masks_meet_the_target_on_held_out_tasks():
+  from metaprune_jax.tasks import sinusoid
+  state, step, _, _, features_fn, _ = _sinusoid_state(harden_step=2)
+  for _ in range(4):
+    state, _ = step(state)
+  frozen = jax.tree.map(jnp.copy, state.meta_params['meta_pruner'])
+  state, _ = step(state)
+  test_utils.assert_trees_all_equal(state.meta_params['meta_pruner'], frozen)  # Frozen after hardening.
+  tasks = sinusoid.sample_sinusoid_tasks(jax.random.key(9), num_tasks=6, num_support=5, num_query=5)
+  masks = meta_pruner.task_masks(state.meta_params, tasks, features_fn, target_sparsity=0.75)
+  params = state.meta_params['params']
+  gated = hard_concrete.num_gated_weights(params, state.meta_params['gate_logits'])
+  zeros = sum(jnp.sum(m == 0, axis=tuple(range(1, m.ndim))) for m in jax.tree.leaves(masks))
+  test_utils.assert_equal(zeros, jnp.full((6,), int(np.ceil(0.75 * gated))))
