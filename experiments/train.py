@@ -26,12 +26,13 @@ from experiments import problems
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
 from metaprune_jax.meta import evaluate
+from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
 from metaprune_jax.meta import step as meta_step
 from metaprune_jax.nets import masked
 
 MASKS = ('hard_concrete', 'none')
-ALGORITHMS = ('maml',)
+ALGORITHMS = learners.LEARNERS
 
 
 def _require(ok: bool, field: str, value, rule: str) -> None:
@@ -92,7 +93,14 @@ def inner_settings(config, *, num_inner_steps=None, inner_lr=None) -> maml.Inner
       num_inner_steps=int(config.num_inner_steps if num_inner_steps is None else num_inner_steps),
       first_order=bool(config.first_order), adapt_gates=bool(config.adapt_gates),
       inner_gate_lr=float(config.inner_gate_lr), hc=_hc(config), noise=config.gate_noise,
-      python_loop=bool(config.get('inner_python_loop', False)))
+      python_loop=bool(config.get('inner_python_loop', False)),
+      task_chunk_size=int(config.get('task_chunk_size', 0)))
+
+
+def learner_for(config, problem: problems.Problem) -> learners.Learner:
+  """The meta-learner named by ``config.algorithm`` for ``problem``."""
+  return learners.get_learner(config.algorithm, loss_fn=problem.loss_fn, accuracy_fn=problem.accuracy_fn,
+                              embed_fn=problem.embed_fn, head_keys=tuple(problem.head_keys))
 
 
 OUTER_LR_SCHEDULES = ('constant', 'cosine')
@@ -117,9 +125,13 @@ def init_state(config, problem: problems.Problem):
     gate_logits = hard_concrete.init_gate_logits(params, spec, init_logit=float(config.init_logit))
     if hard_concrete.num_gated_weights(params, gate_logits) == 0:
       raise ValueError(f'--config.dense_layers={tuple(config.dense_layers)!r} leaves no layer gated.')
+  inner_lrs_lr = config.get('inner_lrs_lr', None)
   optimizer = meta_step.make_outer_optimizer(outer_lr_schedule(config), float(config.gate_lr),
-                                             float(config.grad_clip_norm) or None)
-  state = meta_step.init_meta_state(train_key, params, gate_logits, optimizer, float(config.init_multiplier))
+                                             float(config.grad_clip_norm) or None,
+                                             None if inner_lrs_lr is None else float(inner_lrs_lr))
+  extra = learner_for(config, problem).init_extra(params, inner_settings(config))
+  state = meta_step.init_meta_state(train_key, params, gate_logits, optimizer, float(config.init_multiplier),
+                                    extra=extra)
   return state, optimizer
 
 
@@ -183,7 +195,7 @@ def train(config, workdir: str, problem: problems.Problem):
   step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
                                      meta_batch_size=int(config.meta_batch_size),
                                      settings=inner_settings(config), objective=_objective(config),
-                                     harden_step=harden_step(config))
+                                     harden_step=harden_step(config), learner=learner_for(config, problem))
   hc = _hc(config)
   num_steps = int(config.num_outer_steps)
   start = int(state.step)
@@ -221,7 +233,7 @@ def train(config, workdir: str, problem: problems.Problem):
         logging.info('step %d/%d | %.0f steps/s | ETA %s | outer loss %.4f | query %s %.4f | '
                      'sparsity expected %.3f realised %.3f | multiplier %.3g',
                      step, num_steps, rate, _format_duration(eta) if math.isfinite(eta) else '?',
-                     host['outer/objective'], problem.metric, host['outer/query_loss'],
+                     host['outer/objective'], 'loss' if problem.metric == 'accuracy' else problem.metric, host['outer/query_loss'],
                      host['mask/expected_sparsity'], host['mask/realised_sparsity'], host['mask/multiplier'])
       if step % config.checkpoint_every_steps == 0 or is_last:
         last_checkpoint = checkpoint.save(state, workdir, keep=int(config.keep_checkpoints))
@@ -229,13 +241,17 @@ def train(config, workdir: str, problem: problems.Problem):
   return state, timings
 
 
-def held_out_tasks(config, problem: problems.Problem, shots: int):
-  """The evaluation tasks for ``shots``: keyed off the seed, never off the training stream.
+def held_out_tasks(config, problem: problems.Problem, shots: int, ways: int | None = None):
+  """The evaluation tasks for ``shots`` (and ``ways``, classification): keyed off the seed, never
+  off the training stream.
 
   Every run (and every baseline) with the same seed sees the same tasks.
   """
-  eval_key = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
-  return problem.eval_sampler(jax.random.fold_in(eval_key, int(shots)), int(config.eval_num_tasks), int(shots))
+  eval_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), int(shots))
+  if ways is None:
+    return problem.eval_sampler(eval_key, int(config.eval_num_tasks), int(shots))
+  return problem.eval_sampler(jax.random.fold_in(eval_key, int(ways)), int(config.eval_num_tasks), int(shots),
+                              ways=int(ways))
 
 
 def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
@@ -243,21 +259,32 @@ def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
 
   The evaluation tasks come from a key folded off the seed, never from the
   training stream, so every run with the same seed sees the same tasks.
+
+  Classification problems (``config.eval_ways``) are evaluated for every way
+  and shot count (keys ``ways_N_shots_K``), with the query accuracy beside the
+  loss under ``'<mode>/accuracy'``.
   """
   max_steps = max(int(k) for k in config.eval_steps)
   settings = inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
   settings = settings._replace(python_loop=False)  # Long traced horizons: the scan compiles faster.
   modes = ['deterministic', 'off'] if meta_params.get('gate_logits') is not None else ['off']
   names = {'deterministic': 'sparse', 'off': 'gates_off' if len(modes) == 2 else 'dense'}
+  learner = learner_for(config, problem)
+  steps = [int(k) for k in config.eval_steps]
   results = {}
-  for shots in config.eval_shots:
-    tasks = held_out_tasks(config, problem, shots)
-    for mode in modes:
-      traces = evaluate.query_loss_traces(meta_params, tasks, loss_fn=problem.loss_fn, settings=settings,
-                                          gate_mode=mode)
-      results.setdefault(names[mode], {})[f'shots_{shots}'] = evaluate.summarise_traces(
-          traces, [int(k) for k in config.eval_steps], divergence_threshold=float(config.divergence_threshold),
-          divergence_ratio=float(config.divergence_ratio))
+  for ways in (config.get('eval_ways') or (None,)):
+    for shots in config.eval_shots:
+      tasks = held_out_tasks(config, problem, shots, ways)
+      name = f'shots_{shots}' if ways is None else f'ways_{ways}_shots_{shots}'
+      for mode in modes:
+        traces = evaluate.learner_traces(learner, meta_params, tasks, settings=settings, gate_mode=mode,
+                                         chunk_size=int(config.get('eval_chunk_size', 200)))
+        results.setdefault(names[mode], {})[name] = evaluate.summarise_traces(
+            traces['loss'], steps, divergence_threshold=float(config.divergence_threshold),
+            divergence_ratio=float(config.divergence_ratio))
+        if 'accuracy' in traces:
+          results.setdefault(f'{names[mode]}/accuracy', {})[name] = evaluate.summarise_accuracy(
+              traces['accuracy'], steps)
   return results
 
 
@@ -283,6 +310,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'timings': {**timings, 'eval_seconds': time.perf_counter() - t0},
       'eval': results,
   }
+  if problem.flops_fn is not None:  # Realised weight / channel sparsity and FLOPs of the pruned network.
+    gate_logits = state.meta_params.get('gate_logits')
+    gates = None if gate_logits is None else hard_concrete.deterministic_gates(gate_logits, _hc(config))
+    summary['structure'] = problem.flops_fn(state.meta_params['params'], gates)
   trained_steps = int(config.num_outer_steps) - timings['start_step']
   if timings['train_seconds'] > 0 and trained_steps > 1:
     summary['timings']['steps_per_sec'] = (trained_steps - 1) / timings['train_seconds']
@@ -305,9 +336,11 @@ def format_summary(summary: dict) -> str:
            f"realised sparsity={summary['sparsity']['realised_sparsity']:.3f} "
            f"nonzero params={summary['sparsity']['nonzero_params']}/{summary['sparsity']['total_params']}"]
   def add(name, results):
+    metric = summary['metric'] if summary['metric'] != 'accuracy' else 'loss'
+    metric = 'accuracy' if name.endswith('/accuracy') else metric
     for shots, by_step in results.items():
       for step, s in by_step.items():
-        lines.append(f"  {name:<16} {shots:<8} {step:<8} {summary['metric']} {s['mean']:.4f} +- {s['ci95']:.4f}"
+        lines.append(f"  {name:<16} {shots:<8} {step:<8} {metric} {s['mean']:.4f} +- {s['ci95']:.4f}"
                      f"  median {s['median']:.4f}  diverged {s['num_diverged']}/{s['num_tasks']}")
   for name, results in summary['eval'].items():
     add(name, results)

@@ -1,4 +1,4 @@
-"""FLOPs of a (masked) MLP forward pass on one example.
+"""FLOPs of a (masked) MLP or Conv-4 forward pass on one example.
 
 Counting convention: a multiply-add is 2 FLOPs, a bias add is 1 FLOP per
 output unit; activations, the loss and memory traffic are not counted. For a
@@ -72,3 +72,50 @@ def mlp_flops(params: types.Params, masks: types.Masks | None = None) -> dict[st
     nonzero += nnz
   return {'dense_flops': dense_flops, 'effective_flops': effective_flops, 'kernel_weights': total,
           'nonzero_kernel_weights': nonzero}
+
+
+def conv4_flops(params: types.Params, masks: types.Masks | None = None, *, image_size: int) -> dict:
+  """FLOPs and sparsity of a (masked) Conv-4 forward pass on one image (``nets/conv.py`` layout).
+
+  Same convention as :func:`mlp_flops`: a 3x3 SAME conv on an ``H x H`` input
+  costs ``2 * H * H * 9 * in * out`` dense and ``2 * H * H * nnz(kernel)``
+  effective (every kernel tap at every output pixel; border taps that read
+  padding are counted too); the head is a Dense layer. Batch norm, ReLU and
+  pooling are not counted. A channel is pruned when its whole filter
+  (``kernel[..., c]``) is zero; its batch-norm output is then the constant
+  ``offset``, so it still feeds the next layer (no dead-channel propagation).
+
+  Args:
+    params: Conv-4 parameters (``conv_i/kernel [3, 3, in, out]``, ``head``).
+    masks: optional mask tree (fixed masks or deterministic gates).
+    image_size: input side length, e.g. 28.
+
+  Returns:
+    ``dense_flops``, ``effective_flops``, ``conv_weights``,
+    ``nonzero_conv_weights``, ``conv_weight_sparsity``, ``conv_channels``,
+    ``pruned_channels``, ``channel_sparsity`` (Python numbers).
+  """
+  effective = jax.device_get(masked.apply_masks(params, masks))
+  side, dense = image_size, 0
+  eff = total = nonzero = channels = pruned = 0
+  i = 0
+  while f'conv_{i}' in effective:
+    kernel = np.asarray(effective[f'conv_{i}']['kernel'])
+    pixels = side * side
+    dense += 2 * pixels * kernel.size
+    nnz = int(np.count_nonzero(kernel))
+    eff += 2 * pixels * nnz
+    total += kernel.size
+    nonzero += nnz
+    channels += kernel.shape[-1]
+    pruned += int(np.sum(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)))
+    side //= 2
+    i += 1
+  if 'head' in effective:
+    head = mlp_flops({'head': effective['head']})
+    dense += head['dense_flops']
+    eff += head['effective_flops']
+  return {'dense_flops': int(dense), 'effective_flops': int(eff), 'conv_weights': int(total),
+          'nonzero_conv_weights': int(nonzero), 'conv_weight_sparsity': 1.0 - nonzero / max(total, 1),
+          'conv_channels': int(channels), 'pruned_channels': int(pruned),
+          'channel_sparsity': pruned / max(channels, 1)}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from metaprune_jax import flops
+from metaprune_jax.nets import conv
 from metaprune_jax.nets import mlp
 from tests import test_utils
 
@@ -53,3 +54,19 @@ def test_non_dense_kernels_are_rejected_by_path():
     flops.mlp_flops(params)
   with pytest.raises(ValueError, match='no Dense layer'):
     flops.mlp_flops({'w': np.ones((2, 2))})
+
+
+def test_conv4_flops_counts_taps_channels_and_head():
+  params = conv.init_conv4(jax.random.key(0), image_size=8, width=4, depth=2, num_classes=3)
+  dense = flops.conv4_flops(params, image_size=8)
+  # 8x8x(9*1*4) + 4x4x(9*4*4) multiply-adds, then a [2*2*4, 3] head with bias.
+  expected = 2 * (64 * 36 + 16 * 144) + (2 * 16 * 3 + 3)
+  assert dense['dense_flops'] == dense['effective_flops'] == expected
+  assert dense['pruned_channels'] == 0 and dense['conv_weight_sparsity'] == 0.0
+  masks = jax.tree.map(lambda _: None, params)
+  masks['conv_1'] = {'kernel': jnp.array([0.0, 1.0, 1.0, 0.0])}  # Two of four filters of layer 1.
+  pruned = flops.conv4_flops(params, masks, image_size=8)
+  assert pruned['pruned_channels'] == 2 and pruned['channel_sparsity'] == 2 / 8
+  assert pruned['dense_flops'] == expected
+  assert pruned['effective_flops'] == expected - 2 * 16 * 72
+  assert pruned['nonzero_conv_weights'] == 36 + 72

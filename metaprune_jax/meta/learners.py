@@ -67,10 +67,18 @@ def batch_mean(task_loss: Callable) -> Callable:
     if gate_mode == 'sample' and meta_params.get('gate_logits') is not None:
       noise = maml.sample_gate_noise(meta_params['gate_logits'], key, settings.noise,
                                      num_tasks=tasks.support_inputs.shape[0])
-    losses = jax.vmap(
+    per_task = jax.vmap(
         lambda task, task_noise: task_loss(meta_params, task, task_noise, settings=settings,
                                            gate_mode=gate_mode, fixed_masks=fixed_masks),
-        in_axes=(0, 0))(tasks, noise)
+        in_axes=(0, 0))
+    num_tasks, chunk = tasks.support_inputs.shape[0], settings.task_chunk_size
+    if 0 < chunk < num_tasks:
+      if num_tasks % chunk:
+        raise ValueError(f'task_chunk_size={chunk} must divide the meta-batch size {num_tasks}.')
+      split = lambda x: x.reshape((num_tasks // chunk, chunk) + x.shape[1:])  # pylint: disable=unnecessary-lambda-assignment
+      losses = jax.lax.map(lambda args: per_task(*args), jax.tree.map(split, (tasks, noise)))
+    else:
+      losses = per_task(tasks, noise)
     return jnp.mean(losses)
   return batch_loss
 
@@ -114,10 +122,15 @@ def adaptive_learner(name: str, loss_fn: maml.LossFn, accuracy_fn: Callable | No
                                     query_metrics(task, loss_fn, accuracy_fn), fixed_masks, adapt_keys)
     return trace
 
-  if name == 'maml':  # Bit-for-bit the original MAML batch loss.
-    batch_loss = functools.partial(maml.batch_query_loss, loss_fn=loss_fn)
+  chunked = batch_mean(task_loss)
+  if name == 'maml':  # Bit-for-bit the original MAML batch loss unless the batch is chunked.
+    plain = functools.partial(maml.batch_query_loss, loss_fn=loss_fn)
+
+    def batch_loss(meta_params, tasks, key, *, settings, gate_mode='sample', fixed_masks=None):
+      fn = chunked if settings.task_chunk_size else plain
+      return fn(meta_params, tasks, key, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
   else:
-    batch_loss = batch_mean(task_loss)
+    batch_loss = chunked
   return Learner(name, task_loss, batch_loss, task_traces, init_extra)
 
 

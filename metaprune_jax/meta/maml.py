@@ -43,6 +43,9 @@ class InnerSettings(NamedTuple):
     noise: gate-noise generator, ``'hash'`` or ``'threefry'`` (see ``masks.noise``).
     python_loop: unroll the inner steps in Python instead of ``lax.scan``
       (faster on CPU for short horizons; see ``inner.adapt``).
+    task_chunk_size: > 0: the meta-batch runs as a ``lax.map`` over chunks of
+      this many vmapped tasks (smaller scratch buffers; ``learners.batch_mean``);
+      0 vmaps the whole batch at once.
   """
   inner_lr: float = 0.01
   num_inner_steps: int = 1
@@ -52,6 +55,7 @@ class InnerSettings(NamedTuple):
   hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()
   noise: str = 'hash'
   python_loop: bool = False
+  task_chunk_size: int = 0
 
 
 def sample_gate_noise(gate_logits, key: types.PRNGKey, method: str = 'hash', num_tasks: int | None = None):

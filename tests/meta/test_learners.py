@@ -182,3 +182,17 @@ def test_protonet_separable_embeddings_are_classified_perfectly():
   logits = protonet.prototype_logits(task.support_inputs, support_labels, task.query_inputs)
   assert logits.shape == (7, 6)
   test_utils.assert_equal(logits[:, 3:] < -1e29, True)  # Empty slots never win.
+
+
+@pytest.mark.parametrize('name', ['maml', 'protonet'])
+def test_chunked_meta_batch_equals_one_vmap(name):
+  learner = _learner(name)
+  settings = maml.InnerSettings(inner_lr=0.1)
+  meta_params = _meta_params(learner, settings)
+  tasks, key = _tasks(jax.random.key(8), 4), jax.random.key(9)
+  whole = jax.value_and_grad(lambda mp: learner.batch_loss(mp, tasks, key, settings=settings))(meta_params)
+  chunked = jax.value_and_grad(lambda mp: learner.batch_loss(
+      mp, tasks, key, settings=settings._replace(task_chunk_size=2)))(meta_params)
+  test_utils.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match='task_chunk_size=3'):
+    learner.batch_loss(meta_params, tasks, key, settings=settings._replace(task_chunk_size=3))
