@@ -298,8 +298,7 @@ def held_out_traces(config, meta_params, problem: problems.Problem, *, gate_mode
   Same tasks (``train.held_out_tasks``), same inner learning rate (``eval_inner_lr``) and horizon
   (``max(eval_steps)``); returns ``{shots: [eval_num_tasks, max_steps + 1]}``.
   """
-  max_steps = max(int(k) for k in config.eval_steps)
-  settings = train.inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
+  settings = train.eval_settings(config)
   out = {}
   for shots in config.eval_shots:
     tasks = train.held_out_tasks(config, problem, shots)

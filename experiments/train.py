@@ -21,6 +21,7 @@ import optax
 from absl import logging
 
 from experiments import checkpoint
+from experiments import mask_analysis
 from experiments import plots
 from experiments import problems
 from metaprune_jax.masks import hard_concrete
@@ -28,10 +29,11 @@ from metaprune_jax.masks import l0_objective
 from metaprune_jax.meta import evaluate
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
+from metaprune_jax.meta import meta_pruner
 from metaprune_jax.meta import step as meta_step
 from metaprune_jax.nets import masked
 
-MASKS = ('hard_concrete', 'none')
+MASKS = ('hard_concrete', 'meta_pruner', 'none')
 ALGORITHMS = learners.LEARNERS
 
 
@@ -97,10 +99,34 @@ def inner_settings(config, *, num_inner_steps=None, inner_lr=None) -> maml.Inner
       task_chunk_size=int(config.get('task_chunk_size', 0)))
 
 
+def learner_and_density(config, problem: problems.Problem):
+  """The meta-learner named by ``config.algorithm`` and its gate-density function (None: shared gates).
+
+  With ``--config.mask=meta_pruner`` the learner runs every task with its own
+  gate logits (``meta_pruner.conditioned_learner``).
+  """
+  learner = learners.get_learner(config.algorithm, loss_fn=problem.loss_fn, accuracy_fn=problem.accuracy_fn,
+                                 embed_fn=problem.embed_fn, head_keys=tuple(problem.head_keys))
+  if config.mask != 'meta_pruner':
+    return learner, None
+  target = float(config.target_sparsity) if config.sparsity_mode == 'target' else None
+  return meta_pruner.conditioned_learner(learner, meta_pruner.task_features_fn(problem.embed_fn),
+                                         target_sparsity=target, hc=_hc(config))
+
+
 def learner_for(config, problem: problems.Problem) -> learners.Learner:
-  """The meta-learner named by ``config.algorithm`` for ``problem``."""
-  return learners.get_learner(config.algorithm, loss_fn=problem.loss_fn, accuracy_fn=problem.accuracy_fn,
-                              embed_fn=problem.embed_fn, head_keys=tuple(problem.head_keys))
+  """The meta-learner named by ``config.algorithm`` for ``problem`` (see ``learner_and_density``)."""
+  return learner_and_density(config, problem)[0]
+
+
+def _init_meta_pruner(config, problem: problems.Problem, key, params, gate_logits) -> dict:
+  """Meta-pruner parameters sized by one training task's support features."""
+  features_fn = meta_pruner.task_features_fn(problem.embed_fn)
+  feature_dim = jax.eval_shape(
+      lambda k: features_fn(params, jax.tree.map(lambda x: x[0], problem.train_sampler(k, 1))), key).shape[-1]
+  return meta_pruner.init_meta_pruner(key, params, gate_logits, feature_dim=int(feature_dim),
+                                      hidden_sizes=tuple(config.get('meta_pruner_hidden_sizes', (64, 64))),
+                                      embed_dim=int(config.get('meta_pruner_embed_dim', 32)))
 
 
 OUTER_LR_SCHEDULES = ('constant', 'cosine')
@@ -120,7 +146,7 @@ def init_state(config, problem: problems.Problem):
   init_key, train_key = jax.random.split(key)
   params = problem.init_params(init_key)
   gate_logits = None
-  if config.mask == 'hard_concrete':
+  if config.mask in ('hard_concrete', 'meta_pruner'):
     spec = hard_concrete.default_granularity(config.granularity, tuple(config.dense_layers))
     gate_logits = hard_concrete.init_gate_logits(params, spec, init_logit=float(config.init_logit))
     if hard_concrete.num_gated_weights(params, gate_logits) == 0:
@@ -130,6 +156,8 @@ def init_state(config, problem: problems.Problem):
                                              float(config.grad_clip_norm) or None,
                                              None if inner_lrs_lr is None else float(inner_lrs_lr))
   extra = learner_for(config, problem).init_extra(params, inner_settings(config))
+  if config.mask == 'meta_pruner':
+    extra['meta_pruner'] = _init_meta_pruner(config, problem, jax.random.fold_in(init_key, 1), params, gate_logits)
   state = meta_step.init_meta_state(train_key, params, gate_logits, optimizer, float(config.init_multiplier),
                                     extra=extra)
   return state, optimizer
@@ -161,7 +189,7 @@ def sparsity_report(meta_params, hc: hard_concrete.HardConcrete) -> dict[str, fl
 
 def harden_step(config) -> int | None:
   """The meta-step at which gates are hardened to the target and frozen (None: never)."""
-  if config.mask != 'hard_concrete' or config.sparsity_mode != 'target' or config.harden_at_fraction <= 0:
+  if config.mask == 'none' or config.sparsity_mode != 'target' or config.harden_at_fraction <= 0:
     return None
   return int(round(config.harden_at_fraction * int(config.num_outer_steps)))
 
@@ -192,10 +220,11 @@ def train(config, workdir: str, problem: problems.Problem):
     _truncate_metrics(metrics_path, int(state.step))
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
+  learner, density = learner_and_density(config, problem)
   step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
                                      meta_batch_size=int(config.meta_batch_size),
                                      settings=inner_settings(config), objective=_objective(config),
-                                     harden_step=harden_step(config), learner=learner_for(config, problem))
+                                     harden_step=harden_step(config), learner=learner, gate_density=density)
   hc = _hc(config)
   num_steps = int(config.num_outer_steps)
   start = int(state.step)
@@ -254,6 +283,13 @@ def held_out_tasks(config, problem: problems.Problem, shots: int, ways: int | No
                               ways=int(ways))
 
 
+def eval_settings(config) -> maml.InnerSettings:
+  """Inner-loop settings of every held-out evaluation: ``max(eval_steps)`` steps at ``eval_inner_lr``."""
+  max_steps = max(int(k) for k in config.eval_steps)
+  settings = inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
+  return settings._replace(python_loop=False)  # Long traced horizons: the scan compiles faster.
+
+
 def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
   """Fresh-task evaluation for every ``eval_shots`` and ``eval_steps``, sparse and gates-off.
 
@@ -264,9 +300,7 @@ def evaluate_model(config, meta_params, problem: problems.Problem) -> dict:
   and shot count (keys ``ways_N_shots_K``), with the query accuracy beside the
   loss under ``'<mode>/accuracy'``.
   """
-  max_steps = max(int(k) for k in config.eval_steps)
-  settings = inner_settings(config, num_inner_steps=max_steps, inner_lr=float(config.eval_inner_lr))
-  settings = settings._replace(python_loop=False)  # Long traced horizons: the scan compiles faster.
+  settings = eval_settings(config)
   modes = ['deterministic', 'off'] if meta_params.get('gate_logits') is not None else ['off']
   names = {'deterministic': 'sparse', 'off': 'gates_off' if len(modes) == 2 else 'dense'}
   learner = learner_for(config, problem)
@@ -310,6 +344,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'timings': {**timings, 'eval_seconds': time.perf_counter() - t0},
       'eval': results,
   }
+  if config.mask == 'meta_pruner':  # Task-conditioned masks: per-task sparsity, distances, cost.
+    summary['meta_pruner'] = mask_analysis.analyse(config, state.meta_params, problem)
+    summary['sparsity']['realised_sparsity'] = summary['meta_pruner']['realised_sparsity']['mean']
+    summary['sparsity']['note'] = ('meta_pruner: realised sparsity is the mean over held-out tasks of each '
+                                   "task's hardened mask (see 'meta_pruner')")
+    mask_analysis.plot(summary['meta_pruner'], os.path.join(workdir, 'task_masks.png'))
   if problem.flops_fn is not None:  # Realised weight / channel sparsity and FLOPs of the pruned network.
     gate_logits = state.meta_params.get('gate_logits')
     gates = None if gate_logits is None else hard_concrete.deterministic_gates(gate_logits, _hc(config))

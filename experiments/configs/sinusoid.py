@@ -49,7 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.inner_python_loop = True
 
   # Gates (hard-concrete L0, Louizos et al. 2018).
-  config.mask = 'hard_concrete'  # 'hard_concrete' or 'none' (dense).
+  # 'hard_concrete' (shared gates), 'meta_pruner' (task-conditioned gates: a network maps each task's
+  # support set and the weights' magnitudes to its own gate logits; metaprune_jax/meta/meta_pruner.py)
+  # or 'none' (dense).
+  config.mask = 'hard_concrete'
+  config.meta_pruner_hidden_sizes = (64, 64)  # phi, the per-example embedding network.
+  config.meta_pruner_embed_dim = 32           # Width of the task embedding.
   config.granularity = 'weight'  # 'weight', 'out_unit' (neurons) or 'in_unit'.
   config.dense_layers = ()       # Module names left ungated, e.g. ('Dense_2',).
   config.init_logit = 1.0        # log_alpha at init: P(gate != 0) = 0.93.

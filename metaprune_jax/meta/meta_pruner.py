@@ -119,28 +119,28 @@ def regression_features(support_inputs: jax.Array, support_targets: jax.Array) -
                           support_targets.reshape(support_targets.shape[0], -1)], axis=-1)
 
 
-def mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
-  """Mean pairwise Jaccard and Hamming distances between binary masks of several tasks.
+def pairwise_mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
+  """Jaccard and Hamming distance matrices ``[n, n]`` between the binary masks of ``n`` tasks.
 
-  Args:
-    masks: one deterministic mask tree per task (``None`` leaves ignored).
-
-  Returns:
-    ``{'jaccard': scalar, 'hamming': scalar}``: Jaccard distance of the kept
-    sets (1 - |A and B| / |A or B|) and the fraction of gates that differ,
-    averaged over task pairs.
+  Jaccard: 1 - |A and B| / |A or B| over the kept gates; Hamming: the fraction
+  of gates that differ. ``None`` leaves are ignored.
   """
   flat = jnp.stack([jnp.concatenate([jnp.ravel(m != 0) for m in jax.tree.leaves(tree)]) for tree in masks])
   flat = flat.astype(jnp.float32)
   both = flat @ flat.T
   either = flat.sum(1)[:, None] + flat.sum(1)[None, :] - both
   differ = either - both
-  n = flat.shape[0]
+  return {'jaccard': jnp.where(either > 0, differ / jnp.maximum(either, 1.0), 0.0),
+          'hamming': differ / flat.shape[1]}
+
+
+def mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
+  """Mean pairwise Jaccard and Hamming distances over task pairs (``pairwise_mask_distances``)."""
+  matrices = pairwise_mask_distances(masks)
+  n = len(masks)
   off_diagonal = 1.0 - jnp.eye(n)
   pairs = jnp.maximum(off_diagonal.sum(), 1.0)
-  jaccard = jnp.where(either > 0, differ / jnp.maximum(either, 1.0), 0.0)
-  return {'jaccard': jnp.sum(jaccard * off_diagonal) / pairs,
-          'hamming': jnp.sum(differ / flat.shape[1] * off_diagonal) / pairs}
+  return {name: jnp.sum(m * off_diagonal) / pairs for name, m in matrices.items()}
 
 
 HARDENED = 'meta_pruner_hardened'  # Traced flag the meta-step sets after ``harden_step``.

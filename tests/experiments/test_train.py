@@ -108,3 +108,19 @@ def test_problem_registry_lists_valid_tasks():
   config.task = 'nope'
   with pytest.raises(ValueError, match='sinusoid'):
     problems.get_problem(config)
+
+
+def test_meta_pruner_run_reports_task_masks(tmp_path):
+  config = smoke.get_config()
+  config.mask = 'meta_pruner'
+  config.target_sparsity = 0.5
+  config.harden_at_fraction = 0.5
+  config.meta_pruner_hidden_sizes = (8,)
+  config.meta_pruner_embed_dim = 4
+  summary = train.run(config, str(tmp_path))
+  analysis = summary['meta_pruner']
+  assert analysis['realised_sparsity']['min'] >= 0.5 and analysis['realised_sparsity']['max'] < 0.52
+  assert 0.0 <= analysis['mean_pairwise_jaccard'] <= 1.0
+  assert analysis['mask_generation_seconds'] > 0 and analysis['inner_step_seconds'] > 0
+  assert (tmp_path / 'task_masks.png').exists()
+  assert 'sparse' in summary['eval'] and 'gates_off' in summary['eval']

@@ -1,0 +1,117 @@
+"""How task-conditioned masks differ across held-out tasks (``--config.mask=meta_pruner`` runs).
+
+``analyse(config, meta_params, problem)`` draws the run's held-out tasks
+(``train.held_out_tasks``, first ``eval_shots`` entry), builds every task's
+deterministic mask (hardened to the target in target mode), and reports:
+
+* realised sparsity per task (mean, min, max): does every task meet the target?
+* per-layer sparsity (mean and std over tasks): where the meta-pruner prunes;
+* mean pairwise Jaccard and Hamming distances between task masks;
+* the cost of generating one task's mask (one meta-pruner forward pass, jitted,
+  median of repeats) next to one inner fine-tuning step on the same task.
+
+``plot(analysis, path)`` draws per-layer sparsity and the pairwise Jaccard matrix.
+"""
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import problems
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.meta import inner
+from metaprune_jax.meta import meta_pruner
+
+
+def _median_seconds(fn, *args, repeats: int = 20) -> float:
+  jax.block_until_ready(fn(*args))  # Compile.
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _pruned_per_task(task_masks: jax.Array, param: jax.Array) -> np.ndarray:
+  """``[T]`` pruned weights of ``param`` per task; a structured gate counts every weight it switches."""
+  num_tasks, gate_shape = task_masks.shape[0], task_masks.shape[1:]
+  aligned = task_masks.reshape((num_tasks,) + (1,) * (param.ndim - len(gate_shape)) + gate_shape)
+  pruned = jnp.broadcast_to(aligned == 0, (num_tasks,) + param.shape)
+  return np.asarray(jnp.sum(pruned, axis=tuple(range(1, param.ndim + 1))))
+
+
+def _layer_names(tree) -> list[str]:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return [jax.tree_util.keystr(path) for path, _ in leaves]
+
+
+def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 100) -> dict:
+  """Per-task mask statistics on held-out tasks (module docstring)."""
+  from experiments import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  shots = int(config.eval_shots[0])
+  ways = (config.get('eval_ways') or (None,))[0]
+  tasks = train.held_out_tasks(config, problem, shots, ways)
+  tasks = jax.tree.map(lambda x: x[:num_tasks], tasks)
+  hc = train._hc(config)  # pylint: disable=protected-access
+  target = float(config.target_sparsity) if config.sparsity_mode == 'target' else None
+  features_fn = meta_pruner.task_features_fn(problem.embed_fn)
+  masks = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc))(
+      meta_params, tasks)
+  params = meta_params['params']
+  gated = hard_concrete.num_gated_weights(params, meta_params['gate_logits'])
+  leaves = jax.tree.leaves(masks)
+  param_leaves = jax.tree.leaves(jax.tree.map(
+      lambda g, p: None if g is None else p, meta_params['gate_logits'], params, is_leaf=lambda x: x is None))
+  zeros_per_layer = np.stack([_pruned_per_task(m, p) for m, p in zip(leaves, param_leaves)], axis=1)  # [T, L]
+  layer_sizes = np.array([p.size for p in param_leaves])
+  per_task = zeros_per_layer.sum(1) / gated
+  per_layer = zeros_per_layer / layer_sizes[None, :]
+  task_list = [jax.tree.map(lambda m, i=i: m[i], masks) for i in range(per_task.shape[0])]
+  distances = meta_pruner.mask_distances(task_list)
+  jaccard_matrix = np.asarray(meta_pruner.pairwise_mask_distances(task_list[:20])['jaccard'])
+
+  one = jax.tree.map(lambda x: x[:1], tasks)
+  mask_seconds = _median_seconds(jax.jit(
+      lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc)), meta_params, one)
+  single = jax.tree.map(lambda x: x[0], tasks)
+  step_seconds = _median_seconds(jax.jit(lambda p, t: inner.sgd_step(
+      lambda q: problem.loss_fn(q, t.support_inputs, t.support_targets), p, float(config.eval_inner_lr))),
+                                 params, single)
+  return {
+      'num_tasks': int(per_task.shape[0]), 'shots': shots, 'target_sparsity': target,
+      'realised_sparsity': {'mean': float(per_task.mean()), 'min': float(per_task.min()),
+                            'max': float(per_task.max())},
+      'per_layer_sparsity': {name: {'mean': float(per_layer[:, i].mean()), 'std': float(per_layer[:, i].std())}
+                             for i, name in enumerate(_layer_names(meta_params['gate_logits']))},
+      'mean_pairwise_jaccard': float(distances['jaccard']),
+      'mean_pairwise_hamming': float(distances['hamming']),
+      'jaccard_matrix': jaccard_matrix.round(4).tolist(),
+      'mask_generation_seconds': mask_seconds,
+      'inner_step_seconds': step_seconds,
+  }
+
+
+def plot(analysis: dict, path: str) -> None:
+  """Per-layer sparsity across tasks and the pairwise Jaccard distances of the first 20 tasks."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  names = list(analysis['per_layer_sparsity'])
+  means = [analysis['per_layer_sparsity'][n]['mean'] for n in names]
+  stds = [analysis['per_layer_sparsity'][n]['std'] for n in names]
+  left.bar(range(len(names)), means, yerr=stds, capsize=3)
+  left.set_xticks(range(len(names)), [n.replace("['", '').replace("']", '/') for n in names], rotation=30,
+                  ha='right', fontsize=7)
+  left.set_ylabel('sparsity (mean +- std over tasks)')
+  left.set_title(f"per-layer sparsity, {analysis['num_tasks']} held-out tasks")
+  image = right.imshow(np.array(analysis['jaccard_matrix']), cmap='viridis', vmin=0)
+  fig.colorbar(image, ax=right)
+  right.set_title(f"pairwise Jaccard distance (mean {analysis['mean_pairwise_jaccard']:.3f})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
