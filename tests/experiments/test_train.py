@@ -57,26 +57,6 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
   assert resumed['timings']['start_step'] == 20
 
 
-def test_corrupt_checkpoint_names_the_file(tmp_path):
-  config = smoke.get_config()
-  config.num_outer_steps = 10
-  train.run(config, str(tmp_path))
-  _, path = checkpoint.list_checkpoints(str(tmp_path))[-1]
-  with open(path, 'wb') as f:
-    f.write(b'\x00garbage')
-  with pytest.raises(ValueError, match='ckpt_10.msgpack'):
-    train.run(config, str(tmp_path))
-
-
-def test_incompatible_checkpoint_is_refused(tmp_path):
-  config = smoke.get_config()
-  config.num_outer_steps = 10
-  train.run(config, str(tmp_path))
-  config.hidden_sizes = (4,)
-  with pytest.raises(ValueError, match='does not match this config'):
-    train.run(config, str(tmp_path))
-
-
 @pytest.mark.parametrize('field,value,flag', [
     ('target_sparsity', 1.0, '--config.target_sparsity'),
     ('target_sparsity', -0.2, '--config.target_sparsity'),
