@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -65,11 +66,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     ('meta_batch_size', -1, '--config.meta_batch_size'),
     ('task', 'imagenet', '--task'),
     ('granularity', 'atoms', '--config.granularity'),
+    ('activation', 'sigmoid', "--config.activation='sigmoid' is invalid: use one of"),
+    ('input_range', (5.0, -5.0), '--config.input_range'),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
   config = smoke.get_config()
   config[field] = value
   with pytest.raises(ValueError, match=flag):
+    train.validate_config(config)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('hidden_sizes', 8, '--config.hidden_sizes=8 is invalid: expected a sequence'),
+    ('outer_lr', '1e-3', "--config.outer_lr='1e-3' is invalid: expected a float"),
+    ('tensorboard', 1, '--config.tensorboard=1 is invalid: expected a bool'),
+])
+def test_wrong_type_in_a_python_built_config_names_the_field(field, value, match):
+  config = ml_collections.ConfigDict({**smoke.get_config().to_dict(), field: value})
+  with pytest.raises(ValueError, match=match):
     train.validate_config(config)
 
 
