@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from experiments import checkpoint
@@ -134,10 +135,5 @@ def test_restore_round_trips_every_leaf_and_the_typed_key(tmp_path):
   checkpoint.save(state, str(tmp_path), host={'skipped_steps': 2})
   restored, host = checkpoint.restore_latest_with_host(state, str(tmp_path))
   test_utils.assert_trees_all_equal(restored._replace(key=None), state._replace(key=None))
-  test_utils.assert_equal(jax_key_data(restored.key), jax_key_data(state.key))
+  test_utils.assert_equal(jax.random.key_data(restored.key), jax.random.key_data(state.key))
   assert host == {'skipped_steps': 2}
-
-
-def jax_key_data(key):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.random.key_data(key)
