@@ -1,89 +1,120 @@
-"""Atomic, self-describing checkpoints of a ``MetaState`` (msgpack via flax.serialization).
+"""Atomic checkpoints of a ``MetaState`` with orbax (``ocp.CheckpointManager``).
 
-A checkpoint is written to a temporary file and renamed into place, so a run
-killed mid-write leaves the previous checkpoint intact. ``restore`` checks the
-tree structure and shapes against the state it is asked to fill and raises a
-``ValueError`` that names the file and the fix on any mismatch or corruption.
+Layout: ``workdir/checkpoints/<step>/{state,host}``. ``state`` holds every array
+of the ``MetaState`` (params, gate logits, optimiser state, multiplier, step and
+the PRNG key as ``jax.random.key_data``); ``host`` is a small JSON dict of
+host-side counters (e.g. skipped non-finite updates). Orbax writes into a
+temporary directory and renames it into place only when every file is written,
+so a run killed (even with SIGKILL) mid-save leaves the previous checkpoint as
+the newest complete one; the partial directory is ignored and cleaned up.
+
+``restore`` compares the stored tree structure and shapes with the state it is
+asked to fill and raises a ``ValueError`` naming the directory and the fix on a
+mismatch (another model / mask / optimiser config) or a corrupt checkpoint;
+never a silent restart.
 """
 
 import os
-import re
 
 import flax.serialization
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from metaprune_jax.meta import step as meta_step
 
-_PATTERN = re.compile(r'^ckpt_(\d+)\.msgpack$')
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, 'checkpoints'))
+
+
+def _manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=True)
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'host': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
 
 
 def _to_storable(state: meta_step.MetaState) -> dict:
-  state = state._replace(key=jax.random.key_data(state.key))
-  return flax.serialization.to_state_dict(jax.device_get(state))
+  """A nested dict of arrays: the typed key as raw ``uint32`` key data (orbax stores plain arrays)."""
+  return flax.serialization.to_state_dict(state._replace(key=jax.random.key_data(state.key)))
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'checkpoints')
+def _check_legacy(workdir: str) -> None:
+  folder = checkpoint_dir(workdir)
+  if os.path.isdir(folder) and any(name.endswith('.msgpack') for name in os.listdir(folder)):
+    raise ValueError(f'{folder} holds msgpack checkpoints from an older version of this launcher; they cannot '
+                     'be resumed by the orbax format. Pass a fresh --workdir (or delete that folder) to start over.')
 
 
 def list_checkpoints(workdir: str) -> list[tuple[int, str]]:
   """``(step, path)`` of every complete checkpoint in ``workdir``, oldest first."""
+  # Read-only (no manager: its start-up would delete another process's in-progress temporary directory).
+  # Orbax gives a step directory its final name only once every file is written.
   folder = checkpoint_dir(workdir)
   if not os.path.isdir(folder):
     return []
-  found = []
-  for name in os.listdir(folder):
-    match = _PATTERN.match(name)
-    if match:
-      found.append((int(match.group(1)), os.path.join(folder, name)))
-  return sorted(found)
+  steps = sorted(int(name) for name in os.listdir(folder)
+                 if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
+  return [(step, os.path.join(folder, str(step))) for step in steps]
 
 
-def save(state: meta_step.MetaState, workdir: str, *, keep: int = 3) -> str:
-  """Writes ``state`` atomically as ``checkpoints/ckpt_<step>.msgpack``; keeps the newest ``keep``."""
-  folder = checkpoint_dir(workdir)
-  os.makedirs(folder, exist_ok=True)
+def save(state: meta_step.MetaState, workdir: str, *, keep: int = 3, host: dict | None = None) -> str:
+  """Writes ``state`` (and the JSON dict ``host``) atomically at ``state.step``; keeps the newest ``keep``."""
   step = int(state.step)
-  path = os.path.join(folder, f'ckpt_{step}.msgpack')
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(flax.serialization.msgpack_serialize(_to_storable(state)))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  for _, old in list_checkpoints(workdir)[:-keep]:
-    os.remove(old)
-  return path
+  with _manager(workdir, keep) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(state)),
+                                               host=ocp.args.JsonSave(dict(host or {}))), force=True)
+    manager.wait_until_finished()
+  return os.path.join(checkpoint_dir(workdir), str(step))
 
 
-def restore(template: meta_step.MetaState, path: str) -> meta_step.MetaState:
-  """Fills ``template``'s structure with the arrays stored at ``path``."""
-  fix = (f'Delete {path} to resume from an earlier checkpoint, or pass a fresh --workdir to start over.')
-  try:
-    with open(path, 'rb') as f:
-      stored = flax.serialization.msgpack_restore(f.read())
-  except Exception as e:  # msgpack raises several unrelated types on garbage.
-    raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). {fix}') from e
-  expected = _to_storable(template)
+def _check_compatible(expected: dict, stored, path: str, fix: str) -> None:
   want = jax.tree_util.tree_structure(expected)
   got = jax.tree_util.tree_structure(stored)
   if want != got:
     raise ValueError(f'Checkpoint {path} does not match this config (tree structure differs: it was '
                      f'written by a run with another model, mask or optimiser). {fix}')
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(stored)):
-    if np.shape(a) != np.shape(b):
-      raise ValueError(f'Checkpoint {path} does not match this config (array of shape {np.shape(b)} '
-                       f'where {np.shape(a)} is expected). {fix}')
-  restored = flax.serialization.from_state_dict(jax.device_get(template._replace(
-      key=jax.random.key_data(template.key))), stored)
-  restored = jax.tree.map(jax.numpy.asarray, restored)
-  return restored._replace(key=jax.random.wrap_key_data(restored.key))
+    if tuple(np.shape(a)) != tuple(b.shape):
+      raise ValueError(f'Checkpoint {path} does not match this config (array of shape {tuple(b.shape)} '
+                       f'where {tuple(np.shape(a))} is expected). {fix}')
 
 
-def restore_latest(template: meta_step.MetaState, workdir: str) -> meta_step.MetaState | None:
-  """The newest checkpoint in ``workdir``, or None when there is none."""
+def restore(template: meta_step.MetaState, workdir: str, step: int) -> tuple[meta_step.MetaState, dict]:
+  """Fills ``template``'s structure (and shardings) with the arrays saved at ``step``; returns ``(state, host)``."""
+  path = os.path.join(checkpoint_dir(workdir), str(step))
+  fix = f'Delete {path} to resume from an earlier checkpoint, or pass a fresh --workdir to start over.'
+  expected = _to_storable(template)
+  with _manager(workdir) as manager:
+    try:
+      stored = manager.item_metadata(step)['state']
+      stored_tree = stored.tree if hasattr(stored, 'tree') else stored
+    except Exception as e:  # Orbax raises several unrelated types on a damaged directory.
+      raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). {fix}') from e
+    if stored_tree is None:
+      raise ValueError(f'Checkpoint {path} is corrupt or unreadable (no state metadata). {fix}')
+    _check_compatible(expected, stored_tree, path, fix)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected),
+                                                               host=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). {fix}') from e
+  state = flax.serialization.from_state_dict(template._replace(key=jax.random.key_data(template.key)),
+                                             restored['state'])
+  return state._replace(key=jax.random.wrap_key_data(state.key)), dict(restored['host'] or {})
+
+
+def restore_latest_with_host(template: meta_step.MetaState, workdir: str) -> tuple[meta_step.MetaState, dict] | None:
+  """``(state, host)`` from the newest complete checkpoint in ``workdir``, or None when there is none."""
+  _check_legacy(workdir)
   found = list_checkpoints(workdir)
   if not found:
     return None
-  return restore(template, found[-1][1])
+  return restore(template, workdir, found[-1][0])
+
+
+def restore_latest(template: meta_step.MetaState, workdir: str) -> meta_step.MetaState | None:
+  """The newest checkpoint's state in ``workdir``, or None when there is none."""
+  restored = restore_latest_with_host(template, workdir)
+  return None if restored is None else restored[0]

@@ -14,8 +14,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import ops_config
 from experiments import problems
 from experiments import train
+from metaprune_jax.meta import sharding
 
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'configs')
 
@@ -37,6 +39,7 @@ def main(argv):
   if FLAGS.task not in problems.PROBLEMS:
     raise app.UsageError(f'--task={FLAGS.task!r} is unknown; valid tasks: {", ".join(sorted(problems.PROBLEMS))}.')
   config = FLAGS.config
+  sharding.initialize_distributed(ops_config.get(config, 'distributed'))  # Before any other JAX call.
   with config.unlocked():
     config.task = FLAGS.task
     if FLAGS.seed is not None:

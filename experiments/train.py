@@ -22,14 +22,18 @@ from absl import logging
 
 from experiments import checkpoint
 from experiments import mask_analysis
+from experiments import monitor
+from experiments import ops_config
 from experiments import plots
 from experiments import problems
+from experiments import report
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
 from metaprune_jax.meta import evaluate
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
 from metaprune_jax.meta import meta_pruner
+from metaprune_jax.meta import sharding
 from metaprune_jax.meta import step as meta_step
 from metaprune_jax.nets import masked
 
@@ -75,6 +79,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            'must be in [0, 1) (0 disables hardening)')
   _require(config.divergence_ratio > 1, 'divergence_ratio', config.divergence_ratio, 'must be > 1')
   l0_objective.validate(_objective(config))
+  ops_config.validate(config)
 
 
 def _objective(config) -> l0_objective.L0Objective:
@@ -212,19 +217,26 @@ def _truncate_metrics(path: str, last_step: int) -> None:
 def train(config, workdir: str, problem: problems.Problem):
   """Meta-trains from scratch or from the newest checkpoint; returns the final state and timings."""
   state, optimizer = init_state(config, problem)
-  restored = checkpoint.restore_latest(state, workdir)
+  mesh = sharding.make_mesh(ops_config.get(config, 'num_devices'))
+  restored = checkpoint.restore_latest_with_host(state, workdir)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  host_counters = {}
   if restored is not None:
-    state = restored
+    state, host_counters = restored
     logging.info('Resumed from checkpoint at step %d.', int(state.step))
     _truncate_metrics(metrics_path, int(state.step))
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
   learner, density = learner_and_density(config, problem)
+  state = sharding.replicate(state, mesh)
+  guard = monitor.NonfiniteGuard(ops_config.get(config, 'nonfinite'), host_counters.get('skipped_steps', 0))
+  events = monitor.EventWriter(os.path.join(workdir, 'tensorboard'), ops_config.get(config, 'tensorboard'),
+                               purge_step=int(state.step) + 1 if restored is not None else None)
   step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
                                      meta_batch_size=int(config.meta_batch_size),
                                      settings=inner_settings(config), objective=_objective(config),
-                                     harden_step=harden_step(config), learner=learner, gate_density=density)
+                                     harden_step=harden_step(config), nonfinite=guard.mode, mesh=mesh,
+                                     learner=learner, gate_density=density)
   hc = _hc(config)
   num_steps = int(config.num_outer_steps)
   start = int(state.step)
@@ -238,26 +250,26 @@ def train(config, workdir: str, problem: problems.Problem):
   timings['compile_seconds'] = time.perf_counter() - t0
   last_time, last_step = time.perf_counter(), start + 1
   train_start = last_time
-  last_checkpoint = None
-  with open(metrics_path, 'a') as log_file:
+  last_checkpoint = checkpoint.list_checkpoints(workdir)[-1][1] if restored is not None else None
+  with open(metrics_path if jax.process_index() == 0 else os.devnull, 'a') as log_file:
     for step in range(start + 1, num_steps + 1):
       if step > start + 1:
         state, metrics = step_fn(state)
+      guard.record(step, metrics)
       is_last = step == num_steps
       if step % config.log_every_steps == 0 or is_last:
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        guard.check(last_checkpoint)
+        host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'outer/nonfinite'}
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else float('nan')
         last_time, last_step = now, step
         report = sparsity_report(state.meta_params, hc)
         host['mask/realised_sparsity'] = report['realised_sparsity']
-        if not all(math.isfinite(v) for v in host.values()):
-          where = f'the last good checkpoint is {last_checkpoint}' if last_checkpoint else 'no checkpoint yet'
-          raise FloatingPointError(f'Non-finite metrics at step {step}: {host}; {where}. Lower '
-                                   '--config.outer_lr or --config.inner_lr, or set --config.grad_clip_norm.')
+        host['outer/skipped_steps'] = guard.skipped_steps
         record = {'step': step, 'steps_per_sec': rate, **host}
         log_file.write(json.dumps(record) + '\n')
         log_file.flush()
+        events.write(step, {k: v for k, v in record.items() if k != 'step' and math.isfinite(v)})
         eta = (num_steps - step) / rate if math.isfinite(rate) and rate > 0 else float('nan')
         logging.info('step %d/%d | %.0f steps/s | ETA %s | outer loss %.4f | query %s %.4f | '
                      'sparsity expected %.3f realised %.3f | multiplier %.3g',
@@ -265,8 +277,12 @@ def train(config, workdir: str, problem: problems.Problem):
                      host['outer/objective'], 'loss' if problem.metric == 'accuracy' else problem.metric, host['outer/query_loss'],
                      host['mask/expected_sparsity'], host['mask/realised_sparsity'], host['mask/multiplier'])
       if step % config.checkpoint_every_steps == 0 or is_last:
-        last_checkpoint = checkpoint.save(state, workdir, keep=int(config.keep_checkpoints))
+        guard.check(last_checkpoint)  # Never checkpoint a non-finite state.
+        last_checkpoint = checkpoint.save(state, workdir, keep=int(config.keep_checkpoints),
+                                          host={'skipped_steps': guard.skipped_steps})
+  events.close()
   timings['train_seconds'] = time.perf_counter() - train_start
+  timings['skipped_steps'] = guard.skipped_steps
   return state, timings
 
 
@@ -366,6 +382,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     json.dump(summary, f, indent=2)
   plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
                         title=f'{config.task} | mask={config.mask} | seed={config.seed}')
+  report.write_report(workdir, summary, config)
   logging.info('%s', format_summary(summary))
   return summary
 

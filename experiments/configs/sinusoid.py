@@ -93,4 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 2000
   config.checkpoint_every_steps = 10_000
   config.keep_checkpoints = 3
+  config.tensorboard = True        # Event files in workdir/tensorboard (needs tensorboardX).
+
+  # Run machinery (experiments/ops_config.py).
+  config.num_devices = 1           # Shard the task batch over this many devices; 0 = all.
+  config.distributed = False       # jax.distributed.initialize() first (multi-host).
+  config.nonfinite = 'stop'        # Non-finite loss/gradients: 'stop' the run or 'skip' the update.
   return config

@@ -15,9 +15,11 @@ import optax
 from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
+from metaprune_jax.meta import guards
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import maml
 from metaprune_jax.meta import meta_pruner
+from metaprune_jax.meta import sharding
 from metaprune_jax.nets import masked
 
 TaskSampler = Callable[[types.PRNGKey, int], types.TaskBatch]
@@ -118,7 +120,8 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
                    *, meta_batch_size: int, settings: maml.InnerSettings,
                    objective: l0_objective.L0Objective = l0_objective.L0Objective(),
                    harden_step: int | None = None,
-                   donate: bool = True,
+                   donate: bool = True, nonfinite: str = 'stop',
+                   mesh: jax.sharding.Mesh | None = None,
                    learner: learners.Learner | None = None,
                    gate_density: Callable | None = None) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
   """Builds the jitted ``step(state) -> (state, metrics)``.
@@ -143,8 +146,15 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   Metrics: ``outer/objective``, ``outer/query_loss``, ``mask/expected_sparsity``
   (of the gates this step used) and ``mask/multiplier``. Realised sparsity needs
   a pass over every gate and is off the hot path: ``sparsity_metrics`` computes it
-  when a log line is due.
+  when a log line is due. ``outer/nonfinite`` is 1.0 when the loss or a gradient
+  was non-finite; with ``nonfinite='skip'`` that step's update is dropped
+  (``guards.keep_finite_update``), with ``'stop'`` the caller stops the run.
+
+  ``mesh`` (``sharding.make_mesh``): the sampled tasks are sharded along the
+  mesh's task axis and the state is replicated, inside this same jit.
   """
+  if nonfinite not in guards.NONFINITE_MODES:
+    raise ValueError(f'nonfinite={nonfinite!r} is invalid: use one of {guards.NONFINITE_MODES}.')
   if learner is None:
     learner = learners.get_learner('maml', loss_fn=loss_fn)
 
@@ -178,6 +188,8 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
     state = state._replace(meta_params=harden_if_due(state.meta_params, state.step))
     key, task_key, gate_key = jax.random.split(state.key, 3)
     tasks = task_sampler(task_key, meta_batch_size)
+    if mesh is not None:
+      tasks = sharding.shard_tasks(tasks, mesh)
     (total, (query_loss, density)), grads = jax.value_and_grad(objective_fn, has_aux=True)(
         state.meta_params, state.multiplier, tasks, gate_key, state.step, state.masks)
     frozen = harden_step is not None and meta_params_gated(state.meta_params)
@@ -200,6 +212,10 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
     metrics = {'outer/objective': total, 'outer/query_loss': query_loss,
                'mask/expected_sparsity': 1.0 - density, 'mask/multiplier': multiplier}
     new_state = MetaState(meta_params, opt_state, multiplier, state.step + 1, key, state.masks)
+    ok = guards.all_finite(total, grads)
+    metrics['outer/nonfinite'] = 1.0 - ok.astype(jnp.float32)
+    if nonfinite == 'skip':
+      new_state = guards.keep_finite_update(ok, new_state, state)
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=(0,) if donate else ())
+  return jax.jit(step, donate_argnums=(0,) if donate else (), **sharding.jit_shardings(mesh))

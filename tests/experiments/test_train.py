@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -57,26 +58,6 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
   assert resumed['timings']['start_step'] == 20
 
 
-def test_corrupt_checkpoint_names_the_file(tmp_path):
-  config = smoke.get_config()
-  config.num_outer_steps = 10
-  train.run(config, str(tmp_path))
-  _, path = checkpoint.list_checkpoints(str(tmp_path))[-1]
-  with open(path, 'wb') as f:
-    f.write(b'\x00garbage')
-  with pytest.raises(ValueError, match='ckpt_10.msgpack'):
-    train.run(config, str(tmp_path))
-
-
-def test_incompatible_checkpoint_is_refused(tmp_path):
-  config = smoke.get_config()
-  config.num_outer_steps = 10
-  train.run(config, str(tmp_path))
-  config.hidden_sizes = (4,)
-  with pytest.raises(ValueError, match='does not match this config'):
-    train.run(config, str(tmp_path))
-
-
 @pytest.mark.parametrize('field,value,flag', [
     ('target_sparsity', 1.0, '--config.target_sparsity'),
     ('target_sparsity', -0.2, '--config.target_sparsity'),
@@ -87,11 +68,24 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
     ('granularity', 'atoms', '--config.granularity'),
     ('outer_lr_schedule', 'linear', '--config.outer_lr_schedule'),
     ('outer_lr_final_scale', 1.5, '--config.outer_lr_final_scale'),
+    ('activation', 'sigmoid', "--config.activation='sigmoid' is invalid: use one of"),
+    ('input_range', (5.0, -5.0), '--config.input_range'),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
   config = smoke.get_config()
   config[field] = value
   with pytest.raises(ValueError, match=flag):
+    train.validate_config(config)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('hidden_sizes', 8, '--config.hidden_sizes=8 is invalid: expected a sequence'),
+    ('outer_lr', '1e-3', "--config.outer_lr='1e-3' is invalid: expected a float"),
+    ('tensorboard', 1, '--config.tensorboard=1 is invalid: expected a bool'),
+])
+def test_wrong_type_in_a_python_built_config_names_the_field(field, value, match):
+  config = ml_collections.ConfigDict({**smoke.get_config().to_dict(), field: value})
+  with pytest.raises(ValueError, match=match):
     train.validate_config(config)
 
 

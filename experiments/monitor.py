@@ -1,0 +1,110 @@
+"""Host side of a run's health: the non-finite guard and TensorBoard event files.
+
+``NonfiniteGuard`` keeps each meta-step's ``outer/nonfinite`` flag as a device
+scalar (no host sync per step) and reads them all in one transfer when a log
+line or a checkpoint is due, so every step is checked and a bad state is never
+checkpointed. ``EventWriter`` mirrors the JSON-lines metrics into TensorBoard
+event files when ``tensorboardX`` is installed (it is pinned in
+requirements.txt; without it the writer is a no-op and says so once).
+"""
+
+import glob
+import os
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+NONFINITE_FIX = ('Lower --config.outer_lr or --config.inner_lr, set --config.grad_clip_norm, or pass '
+                 '--config.nonfinite=skip to drop non-finite updates and count them.')
+
+
+class NonfiniteGuard:
+  """Collects per-step non-finite flags; ``check`` raises (mode 'stop') or counts them (mode 'skip').
+
+  Attributes:
+    mode: 'stop' or 'skip'.
+    skipped_steps: number of updates dropped so far (restored from the checkpoint on resume).
+  """
+
+  def __init__(self, mode: str, skipped_steps: int = 0):
+    self.mode = mode
+    self.skipped_steps = int(skipped_steps)
+    self._flags: list[jax.Array] = []
+    self._first_step: int | None = None
+
+  def record(self, step: int, metrics: dict) -> None:
+    """Keeps step ``step``'s flag (a device scalar; nothing is transferred)."""
+    if not self._flags:
+      self._first_step = step
+    self._flags.append(metrics['outer/nonfinite'])
+
+  def check(self, last_checkpoint: str | None) -> None:
+    """Reads every flag recorded since the last check in one transfer."""
+    if not self._flags:
+      return
+    flags = np.asarray(jax.device_get(jnp.stack(self._flags)))
+    first, self._flags = self._first_step, []
+    bad = np.flatnonzero(flags > 0)
+    if not bad.size:
+      return
+    if self.mode == 'skip':
+      self.skipped_steps += int(bad.size)
+      logging.warning('Skipped %d non-finite update(s) at step(s) %s (%d so far).', bad.size,
+                      [first + int(i) for i in bad[:10]], self.skipped_steps)
+      return
+    where = (f'the last good checkpoint is {last_checkpoint}' if last_checkpoint else 'no checkpoint was written yet')
+    raise FloatingPointError(f'Non-finite loss or gradients at meta-step {first + int(bad[0])}; {where} (rerun with '
+                             f'the same --workdir to resume from it). {NONFINITE_FIX}')
+
+
+class EventWriter:
+  """Scalars to TensorBoard event files in ``logdir`` (no-op when tensorboardX is missing or disabled)."""
+
+  def __init__(self, logdir: str, enabled: bool = True, purge_step: int | None = None):
+    self._writer = None
+    if not enabled or jax.process_index() != 0:
+      return
+    try:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.warning('tensorboardX is not installed: no TensorBoard events (metrics.jsonl has everything). '
+                      '`pip install -r requirements.txt` adds it.')
+      return
+    # purge_step: on resume, TensorBoard drops events at or after the checkpoint step written by the killed run.
+    self._writer = tensorboardX.SummaryWriter(logdir, purge_step=purge_step)
+
+  @property
+  def active(self) -> bool:
+    return self._writer is not None
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if self._writer is None:
+      return
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, value, step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """``{tag: [(step, value), ...]}`` from every event file in ``logdir`` (TFRecord framing, no TensorFlow)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
+    with open(path, 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset + 12 <= len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      record = data[offset + 12:offset + 12 + length]
+      offset += 12 + length + 4
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+  return scalars

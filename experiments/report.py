@@ -1,0 +1,76 @@
+"""The end-of-run report: ``workdir/report.md`` with the evaluation table and PNG plots.
+
+``training.png`` (learning curve and sparsity, from ``plots.training_curves``) is
+written by ``train.run``; this module adds ``evaluation.png`` (query metric
+against inner steps, mean and 95% CI per shot count and gate mode) and the
+markdown page that links both.
+"""
+
+import json
+import os
+
+import matplotlib
+import numpy as np
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+
+def evaluation_plot(summary: dict, out_path: str) -> None:
+  """Query metric (mean +- 95% CI over non-diverged tasks) against the number of inner steps."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for mode, by_shots in summary['eval'].items():
+    for shots, by_step in by_shots.items():
+      steps = [int(k.split('_')[1]) for k in by_step]
+      mean = np.array([s['mean'] for s in by_step.values()])
+      ci = np.array([s['ci95'] for s in by_step.values()])
+      ax.errorbar(steps, mean, yerr=ci, marker='o', capsize=3, label=f'{mode}, {shots.replace("_", " ")}')
+  ax.set_xlabel('inner steps at evaluation')
+  ax.set_ylabel(f"query {summary['metric']}")
+  ax.set_title(f"{summary['eval_num_tasks']} fresh tasks, 95% CI")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+
+
+def _last_record(workdir: str) -> dict:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  return json.loads(lines[-1]) if lines else {}
+
+
+def write_report(workdir: str, summary: dict, config) -> str:
+  """Writes ``report.md`` and ``evaluation.png`` in ``workdir``; returns the report's path."""
+  evaluation_plot(summary, os.path.join(workdir, 'evaluation.png'))
+  sparsity, timings, last = summary['sparsity'], summary['timings'], _last_record(workdir)
+  lines = [f"# Run report: {summary['task']}, mask={summary['mask']}, seed={summary['seed']}", '',
+           f"- workdir: `{os.path.abspath(workdir)}`; config: `config.json`; metrics: `metrics.jsonl`"
+           + ('; TensorBoard: `tensorboard/`' if os.path.isdir(os.path.join(workdir, 'tensorboard')) else ''),
+           f"- meta-steps: {summary['num_outer_steps']} (resumed at step {timings.get('start_step', 0)}); "
+           f"meta-batch {config.meta_batch_size}; devices {config.get('num_devices', 1)}",
+           f"- non-finite updates skipped: {timings.get('skipped_steps', 0)}",
+           f"- compile {timings.get('compile_seconds', 0):.1f} s, train {timings.get('train_seconds', 0):.1f} s"
+           + (f" ({timings['steps_per_sec']:.1f} steps/s)" if 'steps_per_sec' in timings else '')
+           + f", eval {timings.get('eval_seconds', 0):.1f} s",
+           f"- sparsity: realised {sparsity['realised_sparsity']:.4f}, nonzero parameters "
+           f"{sparsity['nonzero_params']} / {sparsity['total_params']}"]
+  if last:
+    lines.append(f"- last logged step {last['step']}: query loss {last.get('outer/query_loss', float('nan')):.4f}, "
+                 f"objective {last.get('outer/objective', float('nan')):.4f}")
+  lines += ['', f"## Evaluation ({summary['eval_num_tasks']} fresh tasks per shot count; {summary['ci']})", '',
+            f"| model | shots | inner steps | {summary['metric']} mean | 95% CI | median | diverged |",
+            '|---|---|---|---|---|---|---|']
+  for mode, by_shots in summary['eval'].items():
+    for shots, by_step in by_shots.items():
+      for step, s in by_step.items():
+        lines.append(f"| {mode} | {shots.split('_')[1]} | {step.split('_')[1]} | {s['mean']:.4f} | "
+                     f"{s['ci95']:.4f} | {s['median']:.4f} | {s['num_diverged']}/{s['num_tasks']} |")
+  lines += ['', '## Plots', '', '![training curves](training.png)', '', '![evaluation](evaluation.png)', '']
+  path = os.path.join(workdir, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+  return path

@@ -1,0 +1,288 @@
+"""Hyperparameter sweeps: ``python -m experiments.sweep --task=sinusoid --sweep=SPEC --workdir=DIR [--parallel=N]``.
+
+``SPEC`` is a Python file with ``get_sweep() -> dict`` or a YAML file holding
+the same dict (PyYAML is installed with orbax-checkpoint)::
+
+    {'method': 'grid',                  # or 'random'
+     'parameters': {'target_sparsity': [0.5, 0.9],       # grid / random: a list of values
+                    'outer_lr': {'log_uniform': [1e-4, 1e-2]}},  # random only: uniform / log_uniform
+     'seeds': [0, 1],
+     'num_samples': 8,                  # random only: parameter draws (each run with every seed)
+     'random_seed': 0,                  # random only: the draws are reproducible
+     'config': 'experiments/configs/smoke.py',  # optional; default experiments/configs/<task>.py
+     'fixed': {'num_outer_steps': 1000},        # optional; overrides shared by every run
+     'metric': 'eval.sparse.shots_5.step_1.mean'}  # dotted path into summary.json
+
+Every run is ``experiments.maml_prune`` in its own process and its own workdir
+``DIR/runs/<name>`` (so a run killed mid-way resumes from its checkpoint), up to
+``--parallel`` at a time. A run whose ``summary.json`` exists is complete and
+is skipped when the sweep is restarted. At the end the summaries are gathered
+into ``DIR/results.csv``, ``DIR/results.md`` (per run, and mean +- 95% CI over
+seeds) and ``DIR/sweep.png`` (the metric against the first swept field).
+"""
+
+import csv
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import matplotlib
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ('grid', 'random')
+DISTRIBUTIONS = ('uniform', 'log_uniform')
+
+flags.DEFINE_string('task', 'sinusoid', 'Task family (as for experiments.maml_prune).')
+flags.DEFINE_string('sweep', None, 'Sweep spec: a .py file with get_sweep() or a .yaml file.', required=True)
+flags.DEFINE_string('workdir', None, 'Sweep folder; runs go to WORKDIR/runs/<name>. Rerun to continue.',
+                    required=True)
+flags.DEFINE_integer('parallel', 1, 'Runs at a time (separate processes).')
+FLAGS = flags.FLAGS
+
+
+def load_spec(path: str) -> dict:
+  """The sweep dict from a ``.py`` (``get_sweep()``) or ``.yaml`` / ``.yml`` file, checked."""
+  if not os.path.exists(path):
+    raise ValueError(f'--sweep={path} does not exist.')
+  if path.endswith(('.yaml', '.yml')):
+    import yaml  # pylint: disable=g-import-not-at-top
+    with open(path) as f:
+      spec = yaml.safe_load(f)
+  elif path.endswith('.py'):
+    module_spec = importlib.util.spec_from_file_location('sweep_spec', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_sweep'):
+      raise ValueError(f'--sweep={path} defines no get_sweep() returning the sweep dict.')
+    spec = module.get_sweep()
+  else:
+    raise ValueError(f'--sweep={path} is invalid: use a .py file with get_sweep() or a .yaml file.')
+  validate_spec(spec, path)
+  return spec
+
+
+def validate_spec(spec: dict, path: str = 'SPEC') -> None:
+  def fail(rule):
+    raise ValueError(f'--sweep={path} is invalid: {rule}.')
+  known = {'method', 'parameters', 'seeds', 'num_samples', 'random_seed', 'config', 'fixed', 'metric'}
+  if not isinstance(spec, dict) or set(spec) - known:
+    fail(f'expected a dict with keys from {sorted(known)}, got {sorted(spec) if isinstance(spec, dict) else spec}')
+  if spec.get('method', 'grid') not in METHODS:
+    fail(f"method={spec.get('method')!r}; use one of {METHODS}")
+  seeds = spec.get('seeds', [0])
+  if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    fail(f'seeds={seeds!r} must be a non-empty list of integers >= 0')
+  for field, values in spec.get('parameters', {}).items():
+    if isinstance(values, dict):
+      if spec.get('method', 'grid') != 'random' or len(values) != 1 or next(iter(values)) not in DISTRIBUTIONS:
+        fail(f'parameters.{field}={values!r}: distributions ({DISTRIBUTIONS}: [low, high]) need method random')
+    elif not isinstance(values, (list, tuple)) or not values:
+      fail(f'parameters.{field}={values!r} must be a non-empty list of values')
+  if spec.get('method') == 'random' and int(spec.get('num_samples', 0)) <= 0:
+    fail('method random needs num_samples > 0')
+
+
+def _draw(values, rng: np.random.RandomState):
+  if isinstance(values, dict):
+    (kind, (low, high)), = values.items()
+    if kind == 'log_uniform':
+      return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return float(rng.uniform(low, high))
+  return values[rng.randint(len(values))]
+
+
+def expand(spec: dict) -> list[dict]:
+  """The runs: ``[{'name', 'seed', 'overrides': {field: value}}]`` in a fixed order (restarts see the same list)."""
+  params = spec.get('parameters', {})
+  fields = sorted(params)
+  if spec.get('method', 'grid') == 'grid':
+    points = [dict(zip(fields, combo)) for combo in itertools.product(*(params[f] for f in fields))]
+  else:
+    rng = np.random.RandomState(int(spec.get('random_seed', 0)))
+    points = [{f: _draw(params[f], rng) for f in fields} for _ in range(int(spec['num_samples']))]
+  runs = []
+  for index, (point, seed) in enumerate(itertools.product(points, spec.get('seeds', [0]))):
+    label = '_'.join(f'{f}={_short(v)}' for f, v in point.items())
+    name = re.sub(r'[^A-Za-z0-9_.=-]', '', f'{index:03d}_{label}_seed{seed}' if label else f'{index:03d}_seed{seed}')
+    runs.append({'name': name, 'seed': int(seed), 'overrides': point})
+  return runs
+
+
+def _short(value) -> str:
+  return f'{value:.4g}' if isinstance(value, float) else str(value).replace(' ', '')
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return '(' + ','.join(str(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def run_command(task: str, spec: dict, run: dict, workdir: str) -> list[str]:
+  config = spec.get('config') or os.path.join(ROOT, 'experiments', 'configs', f'{task}.py')
+  command = [sys.executable, '-m', 'experiments.maml_prune', f'--task={task}', f'--config={config}',
+             f'--workdir={workdir}', f"--seed={run['seed']}"]
+  for field, value in {**spec.get('fixed', {}), **run['overrides']}.items():
+    command.append(f'--config.{field}={_flag_value(value)}')
+  return command
+
+
+def run_dir(sweep_dir: str, run: dict) -> str:
+  return os.path.join(sweep_dir, 'runs', run['name'])
+
+
+def is_complete(sweep_dir: str, run: dict) -> bool:
+  return os.path.exists(os.path.join(run_dir(sweep_dir, run), 'summary.json'))
+
+
+def execute(task: str, spec: dict, sweep_dir: str, parallel: int = 1) -> dict[str, int]:
+  """Runs every incomplete run, ``parallel`` processes at a time; returns ``{name: returncode}`` of those run."""
+  pending = [r for r in expand(spec) if not is_complete(sweep_dir, r)]
+  logging.info('%d runs to do (%d complete already).', len(pending), len(expand(spec)) - len(pending))
+  running, codes = {}, {}
+  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  while pending or running:
+    while pending and len(running) < max(1, parallel):
+      run = pending.pop(0)
+      folder = run_dir(sweep_dir, run)
+      os.makedirs(folder, exist_ok=True)
+      log = open(os.path.join(folder, 'run.log'), 'a')  # pylint: disable=consider-using-with
+      running[run['name']] = (subprocess.Popen(run_command(task, spec, run, folder), cwd=ROOT, env=env,
+                                               stdout=log, stderr=subprocess.STDOUT), log)
+      logging.info('started %s', run['name'])
+    for name, (proc, log) in list(running.items()):
+      if proc.poll() is not None:
+        log.close()
+        codes[name] = proc.returncode
+        del running[name]
+        logging.info('%s %s', 'finished' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})', name)
+    time.sleep(0.2)
+  return codes
+
+
+def _lookup(summary: dict, path: str):
+  value = summary
+  for part in path.split('.'):
+    value = value[part]
+  return value
+
+
+def aggregate(spec: dict, sweep_dir: str) -> list[dict]:
+  """Writes results.csv, results.md and sweep.png from every run's summary.json; returns the rows."""
+  metric = spec.get('metric', 'eval.sparse.shots_5.step_1.mean')
+  fields = sorted(spec.get('parameters', {}))
+  rows = []
+  for run in expand(spec):
+    row = {'name': run['name'], 'seed': run['seed'], **run['overrides']}
+    path = os.path.join(run_dir(sweep_dir, run), 'summary.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        summary = json.load(f)
+      row.update(status='done', metric=_lookup(summary, metric),
+                 realised_sparsity=summary['sparsity']['realised_sparsity'],
+                 nonzero_params=summary['sparsity']['nonzero_params'],
+                 steps_per_sec=summary['timings'].get('steps_per_sec', float('nan')),
+                 skipped_steps=summary['timings'].get('skipped_steps', 0))
+    else:
+      row.update(status='missing', metric=float('nan'))
+    rows.append(row)
+  columns = ['name', 'seed', *fields, 'status', 'metric', 'realised_sparsity', 'nonzero_params', 'steps_per_sec',
+             'skipped_steps']
+  with open(os.path.join(sweep_dir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns, restval='')
+    writer.writeheader()
+    writer.writerows(rows)
+  groups = _group(rows, fields)
+  lines = [f'# Sweep results: `{metric}`', '', f'{len(rows)} runs, {sum(r["status"] == "done" for r in rows)} done.',
+           '', '## Mean over seeds (95% CI: 1.96 std / sqrt(n))', '',
+           '| ' + ' | '.join([*fields, 'seeds done', 'metric mean', '95% CI']) + ' |',
+           '|' + '---|' * (len(fields) + 3)]
+  for key, values in groups.items():
+    mean, ci = _mean_ci(values)
+    lines.append('| ' + ' | '.join([*(_short(k) for k in key), str(len(values)), f'{mean:.4f}', f'{ci:.4f}']) + ' |')
+  lines += ['', '## Runs', '', '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  for row in rows:
+    lines.append('| ' + ' | '.join(_short(row.get(c, '')) for c in columns) + ' |')
+  with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  _plot(groups, fields, metric, os.path.join(sweep_dir, 'sweep.png'))
+  return rows
+
+
+def _group(rows: list[dict], fields: list[str]) -> dict[tuple, list[float]]:
+  groups: dict[tuple, list[float]] = {}
+  for row in rows:
+    key = tuple(row[f] if not isinstance(row[f], list) else tuple(row[f]) for f in fields)
+    groups.setdefault(key, [])
+    if row['status'] == 'done' and math.isfinite(row['metric']):
+      groups[key].append(float(row['metric']))
+  return groups
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+  if not values:
+    return float('nan'), float('nan')
+  ci = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else float('nan')
+  return float(np.mean(values)), ci
+
+
+def _plot(groups, fields, metric, out_path) -> None:
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  if not fields:
+    fields, groups = ['run'], {('all',): v for v in groups.values()}
+  lines: dict[tuple, list] = {}
+  for key, values in groups.items():
+    lines.setdefault(key[1:], []).append((key[0], *_mean_ci(values)))
+  for rest, points in lines.items():
+    xs = [p[0] for p in points]
+    numeric = all(isinstance(x, (int, float)) for x in xs)
+    positions = xs if numeric else list(range(len(xs)))
+    label = ', '.join(f'{f}={_short(v)}' for f, v in zip(fields[1:], rest)) or None
+    ax.errorbar(positions, [p[1] for p in points], yerr=[0 if math.isnan(p[2]) else p[2] for p in points],
+                marker='o', capsize=3, label=label)
+    if not numeric:
+      ax.set_xticks(positions, [_short(x) for x in xs])
+  ax.set_xlabel(fields[0])
+  ax.set_ylabel(metric)
+  ax.set_title('mean over seeds, 95% CI')
+  if len(lines) > 1:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    spec = load_spec(FLAGS.sweep)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  with open(os.path.join(FLAGS.workdir, 'sweep.json'), 'w') as f:
+    json.dump({'task': FLAGS.task, 'spec': spec, 'runs': expand(spec)}, f, indent=2)
+  codes = execute(FLAGS.task, spec, FLAGS.workdir, FLAGS.parallel)
+  rows = aggregate(spec, FLAGS.workdir)
+  failed = [name for name, code in codes.items() if code != 0]
+  logging.info('Results: %s (%d/%d runs done)', os.path.join(FLAGS.workdir, 'results.md'),
+               sum(r['status'] == 'done' for r in rows), len(rows))
+  if failed:
+    raise SystemExit(f'{len(failed)} run(s) failed; see their run.log: {", ".join(failed)}')
+
+
+if __name__ == '__main__':
+  app.run(main)

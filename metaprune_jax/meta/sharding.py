@@ -1,0 +1,74 @@
+"""Data-parallel meta-steps: the task batch sharded over a 1-D device mesh, everything else replicated.
+
+The mesh has one axis, ``'tasks'``. Inside the one jitted meta-step the sampled
+``TaskBatch`` is constrained to ``NamedSharding(mesh, P('tasks'))`` (its leading
+axis, ``[meta_batch_size, ...]``, split across devices); the ``MetaState`` and the
+metrics are replicated (``P()``) through the jit's ``in_shardings`` /
+``out_shardings``. XLA's SPMD partitioner turns the mean over tasks into an
+all-reduce, so N devices compute the same update as one, up to float summation
+order. Multi-host: call ``initialize_distributed`` first (the mesh then spans
+``jax.devices()``, every host's devices).
+"""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+TASK_AXIS = 'tasks'
+
+
+def initialize_distributed(enabled: bool) -> None:
+  """``jax.distributed.initialize()`` (cluster auto-detected: TPU pods, SLURM, ...) when ``enabled``.
+
+  Must run before any other JAX call; a no-op when already initialised.
+  """
+  if enabled and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def resolve_num_devices(num_devices: int) -> int:
+  """``num_devices`` (0 means every device, all hosts together) checked against what is available."""
+  available = jax.device_count()
+  if num_devices == 0:
+    return available
+  if num_devices > available:
+    raise ValueError(f'--config.num_devices={num_devices} is invalid: only {available} device(s) are available '
+                     f'({jax.devices()[0].platform}); use 0 (all) or a number <= {available}.')
+  return num_devices
+
+
+def make_mesh(num_devices: int) -> jax.sharding.Mesh | None:
+  """A 1-D ``('tasks',)`` mesh over the first ``num_devices`` devices; None for a single device."""
+  num_devices = resolve_num_devices(num_devices)
+  if num_devices == 1:
+    return None
+  return jax.sharding.Mesh(np.asarray(jax.devices()[:num_devices]), (TASK_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def task_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (task) axis split across the mesh, the rest of each array whole."""
+  return NamedSharding(mesh, P(TASK_AXIS))
+
+
+def shard_tasks(tasks, mesh: jax.sharding.Mesh):
+  """Inside jit: constrains every leaf of a ``TaskBatch`` (``[meta_batch_size, ...]``) to the task sharding."""
+  return jax.lax.with_sharding_constraint(tasks, jax.tree.map(lambda _: task_sharding(mesh), tasks))
+
+
+def jit_shardings(mesh: jax.sharding.Mesh | None) -> dict:
+  """``jax.jit`` keyword arguments for ``step(state) -> (state, metrics)``: replicated in and out."""
+  if mesh is None:
+    return {}
+  return {'in_shardings': replicated(mesh), 'out_shardings': replicated(mesh)}
+
+
+def replicate(tree, mesh: jax.sharding.Mesh | None):
+  """Places every array of ``tree`` (e.g. a ``MetaState``) on every device of ``mesh``."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, replicated(mesh))

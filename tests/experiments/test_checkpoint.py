@@ -1,0 +1,139 @@
+"""Orbax checkpoints: SIGKILL mid-run and mid-save resume from the last complete one; damage is refused loudly."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from experiments import checkpoint
+from experiments import problems
+from experiments import train
+from experiments.configs import smoke
+from tests import test_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A run of the smoke config with a checkpoint every 10 steps; with KILL_AT set it
+# SIGKILLs itself inside orbax's final rename of that step's checkpoint (files written, not committed).
+_CHILD = r'''
+import os, signal, sys
+from orbax.checkpoint._src.path import atomicity
+from experiments import train
+from experiments.configs import smoke
+kill_at = os.environ.get('KILL_AT')
+real_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize_or_die(self):
+  if kill_at and self._final_path.name == kill_at:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await real_finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
+config = smoke.get_config()
+config.checkpoint_every_steps = 10
+config.num_outer_steps = int(os.environ.get('NUM_STEPS', 30))
+train.run(config, sys.argv[1])
+'''
+
+
+def _child(workdir, **env):
+  return subprocess.Popen([sys.executable, '-c', _CHILD, str(workdir)], cwd=ROOT,
+                          env={**os.environ, 'PYTHONPATH': ROOT, **env},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != 'steps_per_sec'} for line in f]
+
+
+def _config():
+  config = smoke.get_config()
+  config.checkpoint_every_steps = 10
+  return config
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('full')
+  summary = train.run(_config(), str(workdir))
+  return summary, _records(workdir)
+
+
+def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
+  proc = _child(tmp_path, KILL_AT='20')
+  _, stderr = proc.communicate(timeout=300)
+  test_utils.assert_equal(proc.returncode, -signal.SIGKILL, err_msg=stderr[-2000:])
+  leftovers = [n for n in os.listdir(tmp_path / 'checkpoints') if n not in ('10',)]
+  assert leftovers and all('tmp' in n for n in leftovers), leftovers  # The half-written step-20 save.
+  test_utils.assert_equal([s for s, _ in checkpoint.list_checkpoints(str(tmp_path))], [10])
+  resumed = train.run(_config(), str(tmp_path))
+  test_utils.assert_equal(resumed['timings']['start_step'], 10)
+  full, full_records = uninterrupted
+  assert _records(tmp_path) == full_records
+  assert resumed['eval'] == full['eval']
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '20', '30']  # Partial save cleaned up.
+
+
+def test_sigkill_from_outside_after_the_first_checkpoint(tmp_path, uninterrupted):
+  proc = _child(tmp_path, NUM_STEPS='30')
+  deadline = time.time() + 240
+  while not checkpoint.list_checkpoints(str(tmp_path)) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  done = checkpoint.list_checkpoints(str(tmp_path))
+  assert done, 'the child never wrote a checkpoint'
+  resumed = train.run(_config(), str(tmp_path))
+  test_utils.assert_equal(resumed['timings']['start_step'], done[-1][0])
+  full, full_records = uninterrupted
+  assert _records(tmp_path) == full_records
+  assert resumed['eval'] == full['eval']
+
+
+def _trained(tmp_path):
+  config = smoke.get_config()
+  config.num_outer_steps = 10
+  train.run(config, str(tmp_path))
+  return config, checkpoint.list_checkpoints(str(tmp_path))[-1][1]
+
+
+def test_garbage_checkpoint_names_the_directory_and_the_fix(tmp_path):
+  config, path = _trained(tmp_path)
+  for folder, _, files in os.walk(os.path.join(path, 'state')):
+    for name in files:
+      with open(os.path.join(folder, name), 'wb') as f:
+        f.write(b'\x00garbage')
+  with pytest.raises(ValueError, match=f'{path} is corrupt or unreadable.*--workdir'):
+    train.run(config, str(tmp_path))
+
+
+def test_checkpoint_missing_its_arrays_is_refused(tmp_path):
+  config, path = _trained(tmp_path)
+  shutil.rmtree(os.path.join(path, 'state', 'd'))
+  with pytest.raises(ValueError, match=f'{path} is corrupt or unreadable'):
+    train.run(config, str(tmp_path))
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+  config, path = _trained(tmp_path)
+  config.hidden_sizes = (4,)
+  with pytest.raises(ValueError, match=f'{path} does not match this config'):
+    train.run(config, str(tmp_path))
+  config.hidden_sizes = (8, 16)
+  with pytest.raises(ValueError, match=r'shape \(8, 8\) where \(8, 16\) is expected'):
+    train.run(config, str(tmp_path))
+
+
+def test_restore_round_trips_every_leaf_and_the_typed_key(tmp_path):
+  config = smoke.get_config()
+  state, _ = train.init_state(config, problems.get_problem(config))
+  checkpoint.save(state, str(tmp_path), host={'skipped_steps': 2})
+  restored, host = checkpoint.restore_latest_with_host(state, str(tmp_path))
+  test_utils.assert_trees_all_equal(restored._replace(key=None), state._replace(key=None))
+  test_utils.assert_equal(jax.random.key_data(restored.key), jax.random.key_data(state.key))
+  assert host == {'skipped_steps': 2}

@@ -1,0 +1,97 @@
+"""4 forced host devices give the same meta-steps as 1 (subprocess: XLA_FLAGS must precede the jax import)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import ops_config
+from experiments.configs import smoke
+from tests import test_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CHILD = r'''
+import json, os, sys
+import jax
+import numpy as np
+from experiments import problems, train
+from experiments.configs import smoke
+from metaprune_jax.meta import sharding
+from metaprune_jax.meta import step as meta_step
+
+assert jax.device_count() == 4, jax.devices()
+config = smoke.get_config()
+problem = problems.get_problem(config)
+
+def run_steps(mesh, num_steps=6):
+  state, optimizer = train.init_state(config, problem)
+  state = sharding.replicate(state, mesh)
+  step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
+                                     meta_batch_size=config.meta_batch_size, settings=train.inner_settings(config),
+                                     objective=train._objective(config), mesh=mesh)
+  losses = []
+  for _ in range(num_steps):
+    state, metrics = step_fn(state)
+    losses.append(float(metrics['outer/query_loss']))
+  hlo = step_fn.lower(state).compile().as_text()
+  leaf = jax.tree.leaves(state.meta_params)[0]
+  return state, losses, hlo, len(leaf.sharding.device_set)
+
+mesh = sharding.make_mesh(4)
+one, losses_1, _, devices_1 = run_steps(None)
+four, losses_4, hlo_4, devices_4 = run_steps(mesh)
+diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+           for a, b in zip(jax.tree.leaves(one.meta_params), jax.tree.leaves(four.meta_params)))
+out = {'losses_1': losses_1, 'losses_4': losses_4, 'max_param_diff': diff, 'devices_1': devices_1,
+       'devices_4': devices_4, 'all_reduce': 'all-reduce' in hlo_4}
+config.num_outer_steps, config.checkpoint_every_steps, config.eval_num_tasks = 20, 10, 8
+for n in (1, 4):
+  config.num_devices = n
+  summary = train.run(config, os.path.join(sys.argv[1], f'devices_{n}'))
+  out[f'eval_{n}'] = summary['eval']['sparse']['shots_5']['step_1']['mean']
+print('RESULT ' + json.dumps(out))
+'''
+
+
+# XLA:CPU runs each simulated device's program on a shared thread pool; on a host with fewer cores than
+# simulated devices (2 here) its all-reduce rendezvous can starve and deadlock (XLA aborts with
+# "Termination timeout for `all reduce ..."). That is the simulator, not the sharding: such a run is
+# retried, any other failure is not. Real multi-device hosts give each device its own stream.
+XLA_FLAGS = ('--xla_force_host_platform_device_count=4 --xla_cpu_collective_call_warn_stuck_timeout_seconds=10 '
+             '--xla_cpu_collective_call_terminate_timeout_seconds=20')
+STARVED = 'Termination timeout for `all reduce'
+
+
+def run_on_four_host_devices(code: str, *args, attempts: int = 3, timeout: int = 500):
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'XLA_FLAGS': XLA_FLAGS, 'JAX_PLATFORMS': 'cpu'}
+  for _ in range(attempts):
+    result = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode == 0 or STARVED not in result.stderr:
+      return result
+  return result
+
+
+def test_four_host_devices_match_one_device(tmp_path):
+  result = run_on_four_host_devices(_CHILD, str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.split('RESULT ')[-1])
+  assert out['devices_1'] == 1 and out['devices_4'] == 4  # State replicated on all 4 devices.
+  assert out['all_reduce']  # The task mean became a cross-device reduction: the batch really is split.
+  test_utils.assert_close(out['losses_4'], out['losses_1'], rtol=1e-4, atol=1e-6)
+  assert out['max_param_diff'] < 1e-4, out['max_param_diff']
+  test_utils.assert_close(out['eval_4'], out['eval_1'], rtol=1e-3)
+  for n in (1, 4):
+    assert (tmp_path / f'devices_{n}' / 'checkpoints' / '20').is_dir()
+
+
+@pytest.mark.parametrize('value,match', [(3, 'must divide --config.meta_batch_size=4'),
+                                         (-1, 'must be an integer >= 0')])
+def test_num_devices_is_validated(value, match):
+  config = smoke.get_config()
+  config.num_devices = value
+  with pytest.raises(ValueError, match=f'--config.num_devices={value} is invalid: {match}'):
+    ops_config.validate(config)
