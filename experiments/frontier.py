@@ -30,6 +30,7 @@ import os
 import sys
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app
@@ -45,9 +46,11 @@ from metaprune_jax import flops
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import select
 from metaprune_jax.meta import evaluate
+from metaprune_jax.meta import meta_pruner
 from metaprune_jax.nets import masked
 
-METHODS = ('dense', 'hard_concrete') + tuple(baselines.BASELINES)
+METHODS = ('dense', 'hard_concrete', 'meta_pruner') + tuple(baselines.BASELINES)
+_TRAINED = ('dense', 'hard_concrete', 'meta_pruner')  # Methods meta-trained by ``train.run``.
 REFERENCE = 'hard_concrete'  # The method whose margins over the baselines are reported.
 GRID_FIELDS = ('frontier_methods', 'frontier_sparsities', 'frontier_seeds')
 _PER_POINT_FIELDS = ('seed', 'target_sparsity', 'mask')
@@ -99,7 +102,7 @@ def point_config(config, method: str, sparsity: float, seed: int) -> ml_collecti
   pc = ml_collections.ConfigDict(config.to_dict())
   pc.seed = int(seed)
   pc.target_sparsity = float(sparsity)
-  pc.mask = 'hard_concrete' if method == 'hard_concrete' else 'none'
+  pc.mask = method if method in ('hard_concrete', 'meta_pruner') else 'none'
   pc.dense_reference = False
   return pc
 
@@ -135,6 +138,14 @@ def _sparsity_stats(params, masks) -> dict:
   }
 
 
+def _meta_pruner_traces(pc, meta_params, problem) -> dict:
+  """Held-out query-loss traces with every task's own hardened mask (``{shots: [T, steps + 1]}``)."""
+  learner, _ = train.learner_and_density(pc, problem)
+  return {int(shots): evaluate.learner_traces(learner, meta_params, train.held_out_tasks(pc, problem, shots),
+                                              settings=train.eval_settings(pc))['loss']
+          for shots in pc.eval_shots}
+
+
 def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> dict:
   """Trains and evaluates one point and writes ``points/<name>.json`` (atomically); returns the record."""
   name = point_name(method, sparsity, seed)
@@ -142,10 +153,19 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
   problem = problems.get_problem(pc)
   t0 = time.perf_counter()
   train_summary = None
-  if method in ('dense', 'hard_concrete'):
+  task_sparsity = None
+  if method in _TRAINED:
     state, train_summary = _train_run_state(pc, os.path.join(workdir, 'runs', name), problem)
     meta_params = state.meta_params
-    if method == 'hard_concrete':
+    if method == 'meta_pruner':  # Every task its own hardened mask; stats of task 0's, mean sparsity of all.
+      traces = _meta_pruner_traces(pc, meta_params, problem)
+      tasks = train.held_out_tasks(pc, problem, int(pc.eval_shots[0]))
+      features_fn = meta_pruner.task_features_fn(problem.embed_fn)
+      masks = jax.tree.map(lambda m: m[0], meta_pruner.task_masks(
+          meta_params, jax.tree.map(lambda x: x[:1], tasks), features_fn,
+          target_sparsity=float(sparsity), hc=train.inner_settings(pc).hc))
+      task_sparsity = train_summary['meta_pruner']['realised_sparsity']
+    elif method == 'hard_concrete':
       masks = hard_concrete.deterministic_gates(meta_params['gate_logits'], train.inner_settings(pc).hc)
       traces = baselines.held_out_traces(pc, meta_params, problem, gate_mode='deterministic')
     else:
@@ -160,13 +180,15 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
       'name': name, 'method': method, 'target_sparsity': float(sparsity), 'seed': int(seed),
       'fingerprint': fingerprint(config), 'num_outer_steps': int(pc.num_outer_steps),
       **_sparsity_stats(meta_params['params'], masks),
+      **({} if task_sparsity is None else {'realised_sparsity': task_sparsity['mean'],
+                                          'realised_sparsity_over_tasks': task_sparsity}),
       'wall_seconds': time.perf_counter() - t0,
       'eval': baselines.summarise_held_out(pc, traces),
       'per_task': {f'shots_{shots}': {f'step_{k}': [float(v) for v in t[:, k]] for k in steps}
                    for shots, t in traces.items()},
   }
   if train_summary is not None:
-    record['train_run_eval'] = train_summary['eval']['sparse' if method == 'hard_concrete' else 'dense']
+    record['train_run_eval'] = train_summary['eval']['dense' if method == 'dense' else 'sparse']
   points_dir = os.path.join(workdir, 'points')
   os.makedirs(points_dir, exist_ok=True)
   path = os.path.join(points_dir, f'{name}.json')

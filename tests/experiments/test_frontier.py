@@ -116,3 +116,14 @@ def test_unknown_method_and_task_list_the_valid_names(tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   assert result.returncode != 0
   assert "--task='omniglot_nope' has no frontier; valid tasks: sinusoid" in result.stderr
+
+
+def test_meta_pruner_point_evaluates_each_task_with_its_own_mask(tmp_path):
+  config = _tiny_config()
+  config.meta_pruner_hidden_sizes = (8,)
+  config.meta_pruner_embed_dim = 4
+  record = frontier.run_point(config, 'meta_pruner', 0.5, 0, str(tmp_path))
+  assert record['method'] == 'meta_pruner'
+  over_tasks = record['realised_sparsity_over_tasks']
+  assert 0.5 <= over_tasks['min'] <= over_tasks['max'] < 0.52
+  assert record['eval']['shots_5'] == record['train_run_eval']['shots_5']
