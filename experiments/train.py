@@ -159,7 +159,8 @@ def init_state(config, problem: problems.Problem):
   inner_lrs_lr = config.get('inner_lrs_lr', None)
   optimizer = meta_step.make_outer_optimizer(outer_lr_schedule(config), float(config.gate_lr),
                                              float(config.grad_clip_norm) or None,
-                                             None if inner_lrs_lr is None else float(inner_lrs_lr))
+                                             None if inner_lrs_lr is None else float(inner_lrs_lr),
+                                             float(config.get('meta_pruner_lr', config.gate_lr)))
   extra = learner_for(config, problem).init_extra(params, inner_settings(config))
   if config.mask == 'meta_pruner':
     extra['meta_pruner'] = _init_meta_pruner(config, problem, jax.random.fold_in(init_key, 1), params, gate_logits)

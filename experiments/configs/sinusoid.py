@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mask = 'hard_concrete'
   config.meta_pruner_hidden_sizes = (64, 64)  # phi, the per-example embedding network.
   config.meta_pruner_embed_dim = 32           # Width of the task embedding.
+  config.meta_pruner_lr = 1e-3                # Adam step size on the meta-pruner's parameters.
   config.granularity = 'weight'  # 'weight', 'out_unit' (neurons) or 'in_unit'.
   config.dense_layers = ()       # Module names left ungated, e.g. ('Dense_2',).
   config.init_logit = 1.0        # log_alpha at init: P(gate != 0) = 0.93.

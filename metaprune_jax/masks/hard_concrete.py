@@ -210,6 +210,39 @@ def nonzero_params(params: types.Params, gate_logits: types.GateLogits,
   return sum(jnp.sum(x) for x in jax.tree.leaves(effective))
 
 
+def _sortable_int(x: jax.Array) -> jax.Array:
+  """int32 keys ordered like the float32 values ``x`` (IEEE bit trick)."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+  return jnp.where(bits >= 0, bits, bits ^ jnp.int32(0x7FFFFFFF))
+
+
+def _lowest_up_to(values: jax.Array, sizes: jax.Array, need: int) -> jax.Array:
+  """Which entries a stable ascending sort prunes until ``need`` (weighted by ``sizes``) are pruned.
+
+  Same result as sorting (ties by position) but with a 32-step bisection on the
+  values' integer keys for the threshold: sorting is slow on XLA:CPU (~10 ms for
+  25 tasks x 1,680 gates under vmap), the bisection is a few reductions.
+  """
+  keys = _sortable_int(values)
+
+  def weight_at_most(v):
+    return jnp.sum(jnp.where(keys <= v, sizes, 0))
+
+  def bisect(_, bounds):  # Invariant: weight_at_most(lo) < need <= weight_at_most(hi).
+    lo, hi = bounds
+    mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+    enough = weight_at_most(mid) >= need
+    return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+  lo = jnp.min(keys) - 1
+  hi = jnp.max(keys)
+  _, threshold = jax.lax.fori_loop(0, 32, bisect, (lo, hi))
+  below = keys < threshold
+  ties = keys == threshold
+  pruned_before_tie = jnp.sum(jnp.where(below, sizes, 0)) + jnp.cumsum(jnp.where(ties, sizes, 0)) - jnp.where(
+      ties, sizes, 0)
+  return below | (ties & (pruned_before_tie < need))
+
+
 def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity: float, *,
            open_logit: float = 20.0, closed_logit: float = -20.0) -> types.GateLogits:
   """Gate logits that prune exactly the lowest-``log_alpha`` gates up to ``target_sparsity``.
@@ -237,10 +270,8 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
     return gate_logits
   flat = jnp.concatenate([leaf.ravel() for leaf in gated])
   sizes = jnp.concatenate(group)
-  order = jnp.argsort(flat, stable=True)
-  pruned_before = jnp.cumsum(sizes[order]) - sizes[order]
   need = math.ceil(target_sparsity * num_gated_weights(params, gate_logits) - 1e-9)
-  prune = jnp.zeros(flat.shape, bool).at[order].set(pruned_before < need)
+  prune = _lowest_up_to(flat, sizes, need)
   new_flat = jnp.where(prune, closed_logit, open_logit).astype(flat.dtype)
   out, start = [], 0
   for leaf in leaves:

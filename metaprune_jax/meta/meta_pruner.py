@@ -4,7 +4,7 @@ Shared gates (``meta_params['gate_logits']``) learn one mask for every task. The
 meta-pruner ``f`` maps a task's support set and the network's parameters to gate
 logits *for that task*:
 
-    e          = mean_i  phi([features(x_i), targets(y_i)])      # [embed_dim], permutation invariant
+    e          = tanh(mean_i phi([features(x_i), targets(y_i)]))  # [embed_dim], permutation invariant
     logit_l    = base_l + row_l(e) [:, None] + col_l(e) [None, :] + scale_l * zscore(log |w_l|)
 
 for every gated kernel ``l`` of shape ``[..., in, out]``: ``base_l`` is the
@@ -67,14 +67,19 @@ def init_meta_pruner(key: types.PRNGKey, params: types.Params, gate_logits: type
 
 
 def task_embedding(pruner_params: dict, features: jax.Array) -> jax.Array:
-  """``e = mean_i phi(features_i)``: ``features [n, feature_dim] -> [embed_dim]`` (order-free)."""
+  """``e = tanh(mean_i phi(features_i))``: ``features [n, feature_dim] -> [embed_dim]`` (order-free).
+
+  The ``tanh`` bounds every entry of ``e`` to (-1, 1), so a modulation weight
+  moves a logit by at most its own size: the logits cannot run away from the
+  sparsity controller.
+  """
   h = features
   phi = pruner_params['phi']
   for i, (w, b) in enumerate(phi):
     h = h @ w + b
     if i < len(phi) - 1:
       h = jax.nn.relu(h)
-  return jnp.mean(h, axis=0)
+  return jnp.tanh(jnp.mean(h, axis=0))
 
 
 def _standardised_log_magnitude(param: jax.Array, logits: jax.Array) -> jax.Array:
@@ -143,7 +148,7 @@ def mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
   return {name: jnp.sum(m * off_diagonal) / pairs for name, m in matrices.items()}
 
 
-HARDENED = 'meta_pruner_hardened'  # Traced flag the meta-step sets after ``harden_step``.
+HARDENED = 'meta_pruner_hardened'  # Static flag: the meta-step's branch after ``harden_step`` sets it True.
 
 
 def task_features_fn(embed_fn=None):
@@ -185,12 +190,8 @@ def conditioned_learner(learner, features_fn, *, target_sparsity: float | None =
     params = meta_params['params']
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
                               features_fn(params, task))
-    harden_now = meta_params.get(HARDENED)
-    if gate_mode == 'deterministic':
-      harden_now = True
-    if target_sparsity is not None and harden_now is not None:
-      hard = hard_concrete.harden(params, jax.lax.stop_gradient(logits), target_sparsity)
-      logits = jax.tree.map(lambda h, s: jnp.where(harden_now, h, s), hard, logits)
+    if target_sparsity is not None and (gate_mode == 'deterministic' or meta_params.get(HARDENED, False)):
+      logits = hard_concrete.harden(params, jax.lax.stop_gradient(logits), target_sparsity)
     return {**meta_params, 'gate_logits': logits}
 
   def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):

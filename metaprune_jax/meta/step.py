@@ -74,16 +74,19 @@ def scale_by_group(group_lrs: dict[str, float | optax.Schedule]) -> optax.Gradie
 
 def make_outer_optimizer(outer_lr: float | optax.Schedule, gate_lr: float | optax.Schedule | None = None,
                          grad_clip_norm: float | None = None,
-                         inner_lrs_lr: float | optax.Schedule | None = None) -> optax.GradientTransformation:
+                         inner_lrs_lr: float | optax.Schedule | None = None,
+                         meta_pruner_lr: float | optax.Schedule | None = None) -> optax.GradientTransformation:
   """Adam on the weights (``outer_lr``), the gate logits (``gate_lr``) and Meta-SGD's
   inner learning rates (``inner_lrs_lr``); the last two default to ``outer_lr``.
-  The meta-pruner's parameters (``'meta_pruner'``) train at ``gate_lr``.
+  The meta-pruner's parameters (``'meta_pruner'``) train at ``meta_pruner_lr``
+  (default ``gate_lr``).
 
   Any learning rate may be an ``optax`` schedule of the meta-step.
   """
   chain = [optax.scale_by_adam(),
            scale_by_group({'params': outer_lr, 'gate_logits': outer_lr if gate_lr is None else gate_lr,
-                           'meta_pruner': outer_lr if gate_lr is None else gate_lr,
+                           'meta_pruner': (outer_lr if gate_lr is None else gate_lr) if meta_pruner_lr is None
+                                          else meta_pruner_lr,
                            'inner_lrs': outer_lr if inner_lrs_lr is None else inner_lrs_lr})]
   if grad_clip_norm:
     chain.insert(0, optax.clip_by_global_norm(grad_clip_norm))
@@ -161,15 +164,25 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
   frozen_groups = ('gate_logits', 'meta_pruner')
 
   def objective_fn(meta_params, multiplier, tasks, key, step, fixed_masks):
-    if gate_density is not None and harden_step is not None:
-      meta_params = {**meta_params, meta_pruner.HARDENED: step >= harden_step}
-    query_loss = learner.batch_loss(meta_params, tasks, key, settings=settings,
-                                    gate_mode='sample', fixed_masks=fixed_masks)
+    if gate_density is not None and harden_step is not None:  # One branch runs: hardening is an argsort.
+      query_loss = jax.lax.cond(
+          step >= harden_step,
+          lambda mp: learner.batch_loss({**mp, meta_pruner.HARDENED: True}, tasks, key, settings=settings,
+                                        gate_mode='sample', fixed_masks=fixed_masks),
+          lambda mp: learner.batch_loss(mp, tasks, key, settings=settings, gate_mode='sample',
+                                        fixed_masks=fixed_masks), meta_params)
+    else:
+      query_loss = learner.batch_loss(meta_params, tasks, key, settings=settings,
+                                      gate_mode='sample', fixed_masks=fixed_masks)
     gate_logits = meta_params.get('gate_logits')
     if gate_logits is None:
       return query_loss, (query_loss, jnp.ones((), jnp.float32))  # Dense: density 1.
     if gate_density is None:
       density = hard_concrete.expected_density(meta_params['params'], gate_logits, settings.hc)
+    elif harden_step is not None:  # Hardened per-task gates keep exactly the target: a constant.
+      density = jax.lax.cond(step >= harden_step,
+                             lambda mp: jnp.asarray(1.0 - objective.target_sparsity, jnp.float32),
+                             lambda mp: gate_density(mp, tasks), meta_params)
     else:
       density = gate_density(meta_params, tasks)
     total = l0_objective.outer_objective(query_loss, density, multiplier, objective, step)

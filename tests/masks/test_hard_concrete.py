@@ -123,3 +123,16 @@ def test_harden_reaches_at_least_the_target_and_keeps_the_highest_logits(granula
     assert flat[kept].min() >= flat[~kept].max()  # Lowest logits are the ones pruned.
   for z in jax.tree.leaves(hard_concrete.deterministic_gates(hard, HC)):
     assert set(np.unique(np.asarray(z))) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_bisection_threshold_prunes_what_a_stable_sort_prunes(seed):
+  rng = np.random.default_rng(seed)
+  values = jnp.asarray(rng.integers(-5, 5, size=200).astype(np.float32) * 0.5)  # Many ties, signs mixed.
+  sizes = jnp.asarray(rng.integers(1, 4, size=200).astype(np.int32))
+  for need in (0, 1, 37, int(sizes.sum()) // 2, int(sizes.sum()) - 1):
+    order = np.argsort(np.asarray(values), kind='stable')
+    pruned_before = np.cumsum(np.asarray(sizes)[order]) - np.asarray(sizes)[order]
+    expected = np.zeros(200, bool)
+    expected[order] = pruned_before < need
+    test_utils.assert_equal(hard_concrete._lowest_up_to(values, sizes, need), expected)
