@@ -59,8 +59,18 @@ def sinusoid_problem(config: ml_collections.ConfigDict) -> Problem:
   return Problem(init_params, losses.mse_loss(model.apply), train_sampler, eval_sampler, 'mse', head_keys=head)
 
 
+def _rnn_problem(name: str) -> Callable[[ml_collections.ConfigDict], Problem]:
+  """``experiments.rnn_problems.<name>``, imported on first use (it imports this module for ``Problem``)."""
+  def build(config):
+    from experiments import rnn_problems  # pylint: disable=import-outside-toplevel
+    return getattr(rnn_problems, name)(config)
+  return build
+
+
 PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict], Problem]] = {
     'sinusoid': sinusoid_problem,
+    'sequence': _rnn_problem('sequence_problem'),
+    'strokes': _rnn_problem('strokes_problem'),
 }
 
 
