@@ -53,6 +53,7 @@ _NUM_INNER_STEPS = flags.DEFINE_integer('num_inner_steps', 5, 'SGD steps for met
 _ADAM_STEPS = flags.DEFINE_integer('scratch_adam_steps', 100, 'Adam steps of the generous scratch baseline.')
 _ADAM_LRS = flags.DEFINE_list('scratch_adam_lrs', ['0.001', '0.003', '0.01', '0.03'], 'Adam lrs tried.')
 _OUTER_STEPS = flags.DEFINE_integer('num_outer_steps', None, 'Overrides the config (a quick check).')
+_MODELS = flags.DEFINE_list('models', ['dense', 'sparse_0.9'], 'Which of the two models to compare.')
 _CHUNK = 100
 
 
@@ -163,6 +164,8 @@ def main(argv):
          'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, '
                     f'jax {jax.__version__}, {jax.devices()[0].platform}'}
   for name, mask in (('dense', 'none'), ('sparse_0.9', 'hard_concrete')):
+    if name not in _MODELS.value:
+      continue
     config = _config(mask)
     train.validate_config(config)
     out[name] = _compare(name, config, problems.get_problem(config))

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from experiments import problems
+from experiments.train import _require  # pylint: disable=protected-access  (one error format for all fields)
 from metaprune_jax import losses
 from metaprune_jax.data import strokes as strokes_data
 from metaprune_jax.nets import rnn
@@ -23,11 +24,6 @@ from metaprune_jax.tasks import sequence
 
 UNIT_GRANULARITIES = ('hidden_unit', 'weight+hidden_unit')
 STROKE_FEATURES = 3  # (dx, dy, pen_up)
-
-
-def _require(ok: bool, field: str, value, rule: str) -> None:
-  if not ok:
-    raise ValueError(f'--config.{field}={value!r} is invalid: {rule}.')
 
 
 def _check_rnn_config(config: ml_collections.ConfigDict) -> None:
