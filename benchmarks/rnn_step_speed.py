@@ -6,10 +6,11 @@ jitted step, inner loop and gates as configured), with ``--config.FIELD=VALUE``-
 overrides from ``--sequence_overrides`` / ``--strokes_overrides``. Variants:
 dense (``mask=none``) and gated (the config's gates: per-weight for
 ``sequence``, one gate per hidden unit for ``strokes``). Compile (first call) is
-timed separately; then ``--repeats`` rounds in which every variant of a task runs
-``--steps`` calls round-robin, ``block_until_ready`` after each; medians reported.
+timed separately; then ``--rounds`` rounds in which every variant of a task runs
+``--sequence_steps`` (``--strokes_steps``) calls round-robin, ``block_until_ready`` after each; medians reported.
 
-Usage: python -m benchmarks.rnn_step_speed [--tasks=sequence,strokes --steps=50 --repeats=5]
+Usage: python -m benchmarks.rnn_step_speed [--tasks=sequence,strokes --sequence_steps=50 --strokes_steps=5 --rounds=5]
+(``--steps`` / ``--repeats`` belong to ``benchmarks.meta_step_speed``, whose timing loop this reuses.)
 """
 
 import json
@@ -28,9 +29,9 @@ from experiments.configs import strokes as strokes_config
 from metaprune_jax.meta import step as meta_step
 
 _TASKS = flags.DEFINE_list('tasks', ['sequence', 'strokes'], 'Task families to time.')
-_STEPS = flags.DEFINE_integer('steps', 50, 'Meta-steps per timing.')
+_STEPS = flags.DEFINE_integer('sequence_steps', 50, 'Meta-steps per timing for sequence.')
 _STROKES_STEPS = flags.DEFINE_integer('strokes_steps', 5, 'Meta-steps per timing for strokes (slow).')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timings per variant (median reported).')
+_REPEATS = flags.DEFINE_integer('rounds', 5, 'Timings per variant (median reported).')
 _SEQUENCE_OVERRIDES = flags.DEFINE_list('sequence_overrides', [], 'FIELD=VALUE config overrides.')
 _STROKES_OVERRIDES = flags.DEFINE_list('strokes_overrides', [], 'FIELD=VALUE config overrides.')
 

@@ -2,7 +2,7 @@
 
 Data: ``strokes_background_small{1,2}.zip`` in ``config.data_dir`` (default
 ``../shared/data/omniglot`` beside the checkout, or ``$METAPRUNE_SHARED_DATA/omniglot``),
-decoded once to 64-step ``(dx, dy, pen_up)`` sequences and cached in
+decoded once to 32-step ``(dx, dy, pen_up)`` sequences and cached in
 ``config.cache_dir``; characters split 0.7 / 0.15 / 0.15 (``split_seed``), so
 meta-training and evaluation episodes never share a character. Model: a 1x128
 LSTM encoder whose readout of the final hidden state is the 5-way classifier
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data and episodes.
   config.data_dir = os.path.join(_SHARED, 'omniglot')
   config.cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'metaprune_jax')  # '' disables.
-  config.num_points = 64         # Resampled sequence length.
+  config.num_points = 32         # Resampled sequence length (64 costs 2x per step).
   config.split_seed = 0          # Character split (train / val / test = 0.7 / 0.15 / 0.15).
   config.eval_split = 'test'     # 'val' or 'test'.
   config.ways = 5
@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.hidden_size = 128
 
   # Meta-learning.
-  config.meta_batch_size = 16
+  config.meta_batch_size = 8
   config.num_outer_steps = 20_000
   config.outer_lr = 1e-3
   config.grad_clip_norm = 1.0
