@@ -169,9 +169,19 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
                  embed_fn=embed_fn, head_keys=('head',), flops_fn=flops_fn)
 
 
+def _rnn_problem(name: str) -> Callable[[ml_collections.ConfigDict], Problem]:
+  """``experiments.rnn_problems.<name>``, imported on first use (it imports this module for ``Problem``)."""
+  def build(config):
+    from experiments import rnn_problems  # pylint: disable=import-outside-toplevel
+    return getattr(rnn_problems, name)(config)
+  return build
+
+
 PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict], Problem]] = {
     'sinusoid': sinusoid_problem,
     'omniglot': omniglot_problem,
+    'sequence': _rnn_problem('sequence_problem'),
+    'strokes': _rnn_problem('strokes_problem'),
 }
 
 

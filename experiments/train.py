@@ -184,13 +184,16 @@ def sparsity_report(meta_params, hc: hard_concrete.HardConcrete) -> dict[str, fl
     return {'expected_sparsity': 0.0, 'realised_sparsity': 0.0, 'gated_weights': 0,
             'nonzero_params': total, 'total_params': total}
   expected, realised, nonzero = _gated_sparsity(params, gate_logits, hc)
-  return {
+  report = {
       'expected_sparsity': float(expected),
       'realised_sparsity': float(realised),
       'gated_weights': hard_concrete.num_gated_weights(params, gate_logits),
       'nonzero_params': int(nonzero),
       'total_params': total,
   }
+  if (unit_sparsity := hard_concrete.unit_sparsity(gate_logits, hc)) is not None:  # RNN hidden-unit gates.
+    report['hidden_unit_sparsity'] = unit_sparsity
+  return report
 
 
 def harden_step(config) -> int | None:

@@ -19,6 +19,18 @@ leaf broadcasts onto its parameter: granularity ``'weight'`` gives the kernel's
 own shape, ``'out_unit'`` a ``[out]`` vector (one gate per neuron / filter) and
 ``'in_unit'`` a ``[in, 1]`` column (one gate per input unit); both structured
 forms broadcast onto ``[..., in, out]`` kernels (dense and HWIO conv alike).
+
+Recurrent nets (``metaprune_jax.nets.rnn``): ``'weight'`` also gates the
+``input_kernel`` and ``recurrent_kernel`` leaves, one gate per weight each.
+Granularity ``'hidden_unit'`` puts one gate per hidden unit on the RNN's
+``unit_scale`` leaf (``[H]``), which the net expands onto every gate matrix,
+the unit's recurrent row and column and its readout row; ``'weight+hidden_unit'``
+does both. Counting is coupled for such blocks: a weight survives only if its
+own gate and every unit gate touching it are nonzero (independent gates, so the
+probabilities multiply), and the gated weights are every weight any gate touches.
+``expected_density``, ``realised_sparsity``, ``nonzero_params`` and ``harden``
+therefore count what is really gone; ``unit_sparsity`` reports the fraction of
+hidden units removed. Trees without unit gates take the original per-leaf path.
 """
 
 import math
@@ -31,8 +43,11 @@ import jax.numpy as jnp
 from metaprune_jax import types
 from metaprune_jax.masks import noise
 from metaprune_jax.nets import masked
+from metaprune_jax.nets import rnn
 
-GRANULARITIES = ('weight', 'out_unit', 'in_unit')
+GRANULARITIES = ('weight', 'out_unit', 'in_unit', 'hidden_unit', 'weight+hidden_unit')
+_LEAF_GRANULARITIES = ('weight', 'out_unit', 'in_unit')
+_KERNEL_NAMES = ('kernel', 'input_kernel', 'recurrent_kernel')
 
 
 class HardConcrete(NamedTuple):
@@ -44,8 +59,8 @@ class HardConcrete(NamedTuple):
 
 def gate_shape(param_shape: Sequence[int], granularity: str) -> tuple[int, ...]:
   """Shape of the gate leaf for a kernel of ``param_shape`` (``[..., in, out]``)."""
-  if granularity not in GRANULARITIES:
-    raise ValueError(f'granularity={granularity!r} is unknown; use one of {GRANULARITIES}.')
+  if granularity not in _LEAF_GRANULARITIES:
+    raise ValueError(f'granularity={granularity!r} is unknown for a leaf; use one of {_LEAF_GRANULARITIES}.')
   if granularity == 'weight':
     return tuple(param_shape)
   if len(param_shape) < 2:
@@ -60,20 +75,29 @@ def _path_names(path) -> list[str]:
 
 
 def default_granularity(granularity: str = 'weight', dense_layers: Sequence[str] = ()):
-  """Gates every ``kernel`` leaf at ``granularity``, except modules named in ``dense_layers``.
+  """Gates every kernel leaf at ``granularity``, except modules named in ``dense_layers``.
+
+  Kernel leaves are those named ``kernel``, ``input_kernel`` or ``recurrent_kernel``
+  (rank >= 2). ``'hidden_unit'`` gates only RNN ``unit_scale`` leaves (one gate
+  per hidden unit, kernels ungated); ``'weight+hidden_unit'`` gates both.
 
   Returns:
     A function ``(path_names, leaf) -> granularity or None`` for ``init_gate_logits``.
   """
-  gate_shape((1, 1), granularity)  # Validates the name early.
+  if granularity not in GRANULARITIES:
+    raise ValueError(f'granularity={granularity!r} is unknown; use one of {GRANULARITIES}.')
+  kernel_granularity = {'hidden_unit': None, 'weight+hidden_unit': 'weight'}.get(granularity, granularity)
+  gate_units = granularity in ('hidden_unit', 'weight+hidden_unit')
   dense = set(dense_layers)
 
   def spec(names: list[str], leaf) -> str | None:
-    if not names or names[-1] != 'kernel' or leaf.ndim < 2:
+    if not names or dense.intersection(names[:-1]):
       return None
-    if dense.intersection(names[:-1]):
+    if names[-1] == rnn.UNIT_SCALE and leaf.ndim == 1:
+      return 'weight' if gate_units else None
+    if names[-1] not in _KERNEL_NAMES or leaf.ndim < 2:
       return None
-    return granularity
+    return kernel_granularity
   return spec
 
 
@@ -161,14 +185,69 @@ def _group_size(param: jax.Array, gate: jax.Array) -> int:
   return param.size // gate.size
 
 
+def _has_unit_gates(params, gate_logits) -> bool:
+  """Whether some RNN block carries a gated ``unit_scale`` leaf (static: tree structure only)."""
+  if rnn.is_rnn_params(params) and isinstance(gate_logits, dict):
+    if gate_logits.get(rnn.UNIT_SCALE) is not None:
+      return True
+  if isinstance(params, dict) and isinstance(gate_logits, dict):
+    return any(_has_unit_gates(params[k], gate_logits[k]) for k in params if k in gate_logits)
+  return False
+
+
+def _keep_tree(params, keep):
+  """Per-weight survival values with RNN unit gates expanded.
+
+  Args:
+    params: parameter tree.
+    keep: tree mirroring ``gate_logits`` of per-gate survival values (probability
+      of a nonzero gate, or a 0/1 indicator); ``None`` where ungated.
+
+  Returns:
+    A tree mirroring ``params``: full-shape survival values for every weight
+    some gate touches, ``None`` elsewhere.
+  """
+  if rnn.is_rnn_params(params) and isinstance(keep, dict) and keep.get(rnn.UNIT_SCALE) is not None:
+    own = jax.tree.map(lambda k, p: None if k is None else jnp.broadcast_to(k, p.shape), keep, params,
+                       is_leaf=_is_none)
+    own[rnn.UNIT_SCALE] = None  # The unit gate is that leaf's own gate: counted once, in the factors.
+    factors = rnn.unit_keep_factors(params, keep[rnn.UNIT_SCALE])
+    return jax.tree.map(lambda f, o: o if f is None else (f if o is None else o * f), factors, own,
+                        is_leaf=_is_none)
+  if isinstance(params, dict):
+    return {k: _keep_tree(params[k], keep[k]) for k in params}
+  return None if keep is None else jnp.broadcast_to(keep, params.shape)
+
+
+def _num_touched(params, gate_logits) -> int:
+  keep = jax.eval_shape(lambda p, g: _keep_tree(p, g), params,
+                        jax.tree.map(lambda la: jnp.zeros(la.shape), gate_logits))
+  return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(keep))
+
+
+def unit_sparsity(gate_logits: types.GateLogits, hc: HardConcrete = HardConcrete()) -> float | None:
+  """Fraction of hidden-unit gates (``unit_scale`` leaves) that are deterministically 0; None if none."""
+  units = [la for path, la in jax.tree_util.tree_leaves_with_path(gate_logits)
+           if _path_names(path)[-1] == rnn.UNIT_SCALE]
+  if not units:
+    return None
+  z = jnp.concatenate([deterministic_gates(la, hc).ravel() for la in units])
+  return float(jnp.mean(z == 0.0))
+
+
 def expected_l0(params: types.Params, gate_logits: types.GateLogits,
                 hc: HardConcrete = HardConcrete()) -> dict[str, jax.Array]:
   """Closed-form expected number of nonzero gated weights.
 
   Returns:
     ``{'per_leaf': tree mirroring gate_logits (scalars), 'total': scalar}``; a
-    structured gate counts every weight it switches.
+    structured gate counts every weight it switches. With RNN unit gates,
+    ``per_leaf`` mirrors ``params`` instead (every weight some gate touches).
   """
+  if _has_unit_gates(params, gate_logits):
+    keep = _keep_tree(params, jax.tree.map(lambda la: prob_nonzero(la, hc), gate_logits))
+    per_leaf = jax.tree.map(jnp.sum, keep)
+    return {'per_leaf': per_leaf, 'total': sum(jax.tree.leaves(per_leaf), jnp.zeros((), jnp.float32))}
   per_leaf = masked.map_gated(
       lambda p, la: jnp.sum(prob_nonzero(la, hc)) * _group_size(p, la), params, gate_logits)
   total = sum(jax.tree.leaves(per_leaf), jnp.zeros((), jnp.float32))
@@ -176,7 +255,9 @@ def expected_l0(params: types.Params, gate_logits: types.GateLogits,
 
 
 def num_gated_weights(params: types.Params, gate_logits: types.GateLogits) -> int:
-  """Number of weights under a gate (a static Python int)."""
+  """Number of weights under a gate (a static Python int); with unit gates, every weight one touches."""
+  if _has_unit_gates(params, gate_logits):
+    return _num_touched(params, gate_logits)
   return sum(jax.tree.leaves(masked.map_gated(lambda p, la: p.size, params, gate_logits)))
 
 
@@ -189,12 +270,21 @@ def expected_density(params: types.Params, gate_logits: types.GateLogits,
   return expected_l0(params, gate_logits, hc)['total'] / total
 
 
+def _num_pruned(params, gates) -> jax.Array:
+  """Weights whose survival value is exactly 0 given gate values ``gates`` (unit gates expanded)."""
+  keep = _keep_tree(params, jax.tree.map(lambda z: (z != 0.0).astype(jnp.float32), gates))
+  return sum((jnp.sum(k == 0.0, dtype=jnp.int32) for k in jax.tree.leaves(keep)),
+             jnp.zeros((), jnp.int32)).astype(jnp.float32)
+
+
 def realised_sparsity(params: types.Params, gate_logits: types.GateLogits,
                       hc: HardConcrete = HardConcrete()) -> jax.Array:
   """Fraction of gated weights whose deterministic gate is exactly 0."""
   total = num_gated_weights(params, gate_logits)
   if total == 0:
     return jnp.zeros((), jnp.float32)
+  if _has_unit_gates(params, gate_logits):
+    return _num_pruned(params, deterministic_gates(gate_logits, hc)) / total
   zeros = masked.map_gated(
       lambda p, z: jnp.sum(z == 0.0) * _group_size(p, z), params, deterministic_gates(gate_logits, hc))
   return sum(jax.tree.leaves(zeros), jnp.zeros((), jnp.float32)) / total
@@ -203,6 +293,8 @@ def realised_sparsity(params: types.Params, gate_logits: types.GateLogits,
 def nonzero_params(params: types.Params, gate_logits: types.GateLogits,
                    hc: HardConcrete = HardConcrete()) -> jax.Array:
   """Parameters left after deterministic gating: ungated leaves count in full."""
+  if _has_unit_gates(params, gate_logits):
+    return masked.count_params(params) - _num_pruned(params, deterministic_gates(gate_logits, hc))
   masks = deterministic_gates(gate_logits, hc)
   effective = masked.apply_masks(
       jax.tree.map(jnp.ones_like, params),
@@ -249,7 +341,9 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
 
   Gates are ranked by ``log_alpha`` across every gated leaf (ties by position);
   the lowest are closed until at least ``ceil(target_sparsity * N)`` gated
-  weights are pruned (a structured gate counts all the weights it switches). The
+  weights are pruned (a structured gate counts all the weights it switches; with
+  RNN unit gates the count is the coupled one, found by bisection over the
+  number of closed gates, since overlapping gates do not add up). The
   result is saturated: ``closed_logit`` gives gates that are 0 in every draw and
   at test time, ``open_logit`` gates that are 1 (up to ~1e-13 probability), so
   meta-training can go on with a fixed mask. Jit-friendly.
@@ -271,13 +365,42 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
   flat = jnp.concatenate([leaf.ravel() for leaf in gated])
   sizes = jnp.concatenate(group)
   need = math.ceil(target_sparsity * num_gated_weights(params, gate_logits) - 1e-9)
-  prune = _lowest_up_to(flat, sizes, need)
+  if _has_unit_gates(params, gate_logits):
+    prune = _coupled_prune(params, gate_logits, leaves, treedef, jnp.argsort(flat, stable=True), need)
+  else:
+    prune = _lowest_up_to(flat, sizes, need)
   new_flat = jnp.where(prune, closed_logit, open_logit).astype(flat.dtype)
+  return _unflatten_like(new_flat, leaves, treedef)
+
+
+def _unflatten_like(flat, leaves, treedef):
   out, start = [], 0
   for leaf in leaves:
     if leaf is None:
       out.append(None)
       continue
-    out.append(new_flat[start:start + leaf.size].reshape(leaf.shape))
+    out.append(flat[start:start + leaf.size].reshape(leaf.shape))
     start += leaf.size
   return jax.tree.unflatten(treedef, out)
+
+
+def _coupled_prune(params, gate_logits, leaves, treedef, order, need: int) -> jax.Array:
+  """Closed flags for the fewest lowest-ranked gates that prune ``need`` weights (coupled count)."""
+  num_gates = order.shape[0]
+
+  def closed(count):
+    return jnp.zeros((num_gates,), bool).at[order].set(jnp.arange(num_gates) < count)
+
+  def pruned(count):
+    gates = _unflatten_like(jnp.where(closed(count), 0.0, 1.0), leaves, treedef)
+    return _num_pruned(params, gates)
+
+  def body(_, bounds):  # Invariant: pruned(hi) >= need (hi = all gates closed prunes everything).
+    lo, hi = bounds
+    mid = (lo + hi) // 2
+    ok = pruned(mid) >= need
+    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+  _, hi = jax.lax.fori_loop(0, max(num_gates, 1).bit_length() + 1, body,
+                            (jnp.zeros((), jnp.int32), jnp.asarray(num_gates, jnp.int32)))
+  return closed(hi)

@@ -56,8 +56,8 @@ def init_meta_pruner(key: types.PRNGKey, params: types.Params, gate_logits: type
   def layer(logits, param):
     if logits is None:
       return None
-    kernel_in, kernel_out = param.shape[-2], param.shape[-1]
-    gates_rows = logits.ndim >= 2 and logits.shape[-2] == kernel_in
+    kernel_in, kernel_out = (param.shape[-2] if param.ndim >= 2 else 1), param.shape[-1]
+    gates_rows = param.ndim >= 2 and logits.ndim >= 2 and logits.shape[-2] == kernel_in
     gates_cols = logits.shape[-1] == kernel_out
     return {'row': jnp.zeros((embed_dim, kernel_in), jnp.float32) if gates_rows else None,
             'col': jnp.zeros((embed_dim, kernel_out), jnp.float32) if gates_cols else None,

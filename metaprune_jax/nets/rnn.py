@@ -3,7 +3,8 @@
 Parameter layout (a plain Flax-style param dict; ``G`` gates, ``H`` hidden units)::
 
   {'input_kernel': [in, G*H], 'recurrent_kernel': [H, G*H], 'bias': [G*H],
-   'readout': {'kernel': [H, out], 'bias': [out]}}
+   'readout': {'kernel': [H, out], 'bias': [out]},
+   'unit_scale': [H]}                       # only with ``unit_scale=True``
 
 Gate blocks are contiguous column blocks of width ``H``; hidden unit ``j`` of
 gate block ``k`` lives in column ``k*H + j``. Gate order:
@@ -26,6 +27,15 @@ whose gate is 0 has all its gate columns, its recurrent row and its readout row
 zeroed: its pre-activations are exactly 0, so (from the zero initial state) its
 cell/hidden state stays exactly 0 for both cells and it cannot influence any
 output.
+
+**Hidden-unit gates through ``unit_scale``.** ``init_*(..., unit_scale=True)``
+adds a per-unit gain leaf ``unit_scale`` ``[H]`` (initialised to 1, trained like
+any weight). ``rnn_apply`` expands the (masked) ``unit_scale`` with
+``unit_masks_from_gates`` onto every gate matrix, the recurrent rows and the
+readout. A hard-concrete gate on that leaf (``masks.hard_concrete`` granularity
+``'hidden_unit'``) is therefore one gate per hidden unit that removes the whole
+unit, through the library's ordinary leafwise masking; ``hard_concrete`` counts
+the weights such a gate takes out (``unit_keep_factors``).
 """
 
 import jax
@@ -37,6 +47,8 @@ from metaprune_jax.nets import masked
 
 NUM_GATES = {'lstm': 4, 'gru': 3}
 """Gate count ``G`` per cell name."""
+UNIT_SCALE = 'unit_scale'
+"""Name of the optional per-hidden-unit gain leaf (the hook for hidden-unit gates)."""
 
 
 def _check_cell(cell: str) -> int:
@@ -46,7 +58,7 @@ def _check_cell(cell: str) -> int:
 
 
 def _init(key: types.PRNGKey, input_size: int, hidden_size: int, output_size: int,
-          cell: str) -> types.Params:
+          cell: str, unit_scale: bool) -> types.Params:
   num_gates = _check_cell(cell)
   for name, value in (('input_size', input_size), ('hidden_size', hidden_size),
                       ('output_size', output_size)):
@@ -68,35 +80,54 @@ def _init(key: types.PRNGKey, input_size: int, hidden_size: int, output_size: in
                                                    jnp.float32),
       'bias': jnp.zeros((output_size,), jnp.float32),
   }
-  return {'input_kernel': input_kernel, 'recurrent_kernel': recurrent_kernel,
-          'bias': bias, 'readout': readout}
+  params = {'input_kernel': input_kernel, 'recurrent_kernel': recurrent_kernel,
+            'bias': bias, 'readout': readout}
+  if unit_scale:
+    params[UNIT_SCALE] = jnp.ones((hidden_size,), jnp.float32)
+  return params
 
 
 def init_lstm(key: types.PRNGKey, input_size: int, hidden_size: int,
-              output_size: int) -> types.Params:
+              output_size: int, *, unit_scale: bool = False) -> types.Params:
   """LSTM params (gate order ``i, f, g, o``; forget bias 1, other biases 0).
 
   Returns:
     ``{'input_kernel': [in, 4H], 'recurrent_kernel': [H, 4H], 'bias': [4H],
-    'readout': {'kernel': [H, out], 'bias': [out]}}``.
+    'readout': {'kernel': [H, out], 'bias': [out]}}``, plus ``'unit_scale': [H]``
+    (ones) when ``unit_scale``.
   """
-  return _init(key, input_size, hidden_size, output_size, 'lstm')
+  return _init(key, input_size, hidden_size, output_size, 'lstm', unit_scale)
 
 
 def init_gru(key: types.PRNGKey, input_size: int, hidden_size: int,
-             output_size: int) -> types.Params:
+             output_size: int, *, unit_scale: bool = False) -> types.Params:
   """GRU params (gate order ``r, z, n``; biases 0).
 
   Returns:
     ``{'input_kernel': [in, 3H], 'recurrent_kernel': [H, 3H], 'bias': [3H],
-    'readout': {'kernel': [H, out], 'bias': [out]}}``.
+    'readout': {'kernel': [H, out], 'bias': [out]}}``, plus ``'unit_scale': [H]``
+    (ones) when ``unit_scale``.
   """
-  return _init(key, input_size, hidden_size, output_size, 'gru')
+  return _init(key, input_size, hidden_size, output_size, 'gru', unit_scale)
+
+
+INIT = {'lstm': init_lstm, 'gru': init_gru}
+"""Initialiser per cell name."""
 
 
 def hidden_size_of(params: types.Params) -> int:
   """``H`` read from ``recurrent_kernel`` ``[H, G*H]``."""
   return params['recurrent_kernel'].shape[0]
+
+
+def num_gates_of(params: types.Params) -> int:
+  """``G`` read from ``bias`` ``[G*H]``."""
+  return params['bias'].shape[0] // hidden_size_of(params)
+
+
+def is_rnn_params(params) -> bool:
+  """Whether ``params`` is a dict with this module's layout (used by ``hard_concrete``)."""
+  return isinstance(params, dict) and {'input_kernel', 'recurrent_kernel', 'bias', 'readout'} <= set(params)
 
 
 def initial_carry(params: types.Params, batch_size: int, cell: str):
@@ -158,6 +189,53 @@ def readout(params: types.Params, hidden: jax.Array) -> jax.Array:
   return hidden @ params['readout']['kernel'] + params['readout']['bias']
 
 
+def _check_params(params: types.Params, cell: str) -> None:
+  num_gates = _check_cell(cell)
+  hidden = hidden_size_of(params)
+  if params['bias'].shape != (num_gates * hidden,):
+    raise ValueError(f"params do not match cell={cell!r}: bias has shape "
+                     f"{params['bias'].shape}, expected ({num_gates * hidden},).")
+
+
+def effective_params(params: types.Params, masks: types.Masks | None = None) -> types.Params:
+  """``params`` with ``masks`` applied and, if present, ``unit_scale`` expanded onto every unit's weights."""
+  params = masked.apply_masks(params, masks)
+  if UNIT_SCALE in params:
+    params = masked.apply_masks(params, unit_masks_from_gates(params, params[UNIT_SCALE]))
+  return params
+
+
+def hidden_states(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
+                  *, cell: str) -> tuple[types.Params, jax.Array]:
+  """Runs the masked cell over time.
+
+  Args:
+    params: params from ``init_lstm`` / ``init_gru``.
+    inputs: ``[batch, time, in]``.
+    masks: ``None`` or a mask tree mirroring ``params``.
+    cell: ``'lstm'`` or ``'gru'``.
+
+  Returns:
+    ``(effective params, hidden states [time, batch, H])``.
+  """
+  _check_cell(cell)
+  if inputs.ndim != 3:
+    raise ValueError(f'inputs must be [batch, time, in], got shape {inputs.shape}.')
+  _check_params(params, cell)
+  params = effective_params(params, masks)
+  x_proj = jnp.swapaxes(input_projection(params, inputs), 0, 1)  # [time, batch, G*H]
+  step = lstm_cell if cell == 'lstm' else gru_cell
+  _, hs = lax.scan(lambda carry, x: step(params, carry, x),
+                   initial_carry(params, inputs.shape[0], cell), x_proj)
+  return params, hs
+
+
+def final_hidden(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
+                 *, cell: str) -> jax.Array:
+  """The last hidden state ``[batch, H]`` (an embedding of the whole sequence)."""
+  return hidden_states(params, inputs, masks, cell=cell)[1][-1]
+
+
 def rnn_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
               *, cell: str, last_only: bool = False) -> jax.Array:
   """Runs a masked LSTM/GRU over ``inputs`` and reads out every (or the last) step.
@@ -172,18 +250,7 @@ def rnn_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None
   Returns:
     ``[batch, time, out]``, or ``[batch, out]`` when ``last_only``.
   """
-  num_gates = _check_cell(cell)
-  if inputs.ndim != 3:
-    raise ValueError(f'inputs must be [batch, time, in], got shape {inputs.shape}.')
-  hidden = hidden_size_of(params)
-  if params['bias'].shape != (num_gates * hidden,):
-    raise ValueError(f"params do not match cell={cell!r}: bias has shape "
-                     f"{params['bias'].shape}, expected ({num_gates * hidden},).")
-  params = masked.apply_masks(params, masks)
-  x_proj = jnp.swapaxes(input_projection(params, inputs), 0, 1)  # [time, batch, G*H]
-  step = lstm_cell if cell == 'lstm' else gru_cell
-  _, hs = lax.scan(lambda carry, x: step(params, carry, x),
-                   initial_carry(params, inputs.shape[0], cell), x_proj)
+  params, hs = hidden_states(params, inputs, masks, cell=cell)
   if last_only:
     return readout(params, hs[-1])
   return readout(params, jnp.swapaxes(hs, 0, 1))
@@ -202,7 +269,7 @@ def gru_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None
 
 
 def unit_masks_from_gates(params: types.Params, unit_gates: jax.Array,
-                          cell: str = 'lstm') -> types.Masks:
+                          cell: str | None = None) -> types.Masks:
   """Structured masks that gate whole hidden units.
 
   Unit ``j``'s gate multiplies its ``G`` columns (``k*H + j``) of the input
@@ -213,26 +280,58 @@ def unit_masks_from_gates(params: types.Params, unit_gates: jax.Array,
   Args:
     params: LSTM/GRU params.
     unit_gates: ``[H]``.
-    cell: ``'lstm'`` or ``'gru'``.
+    cell: ``'lstm'``, ``'gru'`` or None (``G`` read from the params).
 
   Returns:
     ``{'input_kernel': [1, G*H], 'recurrent_kernel': [H, G*H], 'bias': [G*H],
-    'readout': {'kernel': [H, 1], 'bias': None}}``.
+    'readout': {'kernel': [H, 1], 'bias': None}}`` (and ``'unit_scale': None``
+    when the params have that leaf).
   """
-  num_gates = _check_cell(cell)
   hidden = hidden_size_of(params)
+  if cell is None:
+    num_gates = num_gates_of(params)
+  else:
+    num_gates = _check_cell(cell)
+    _check_params(params, cell)
   if unit_gates.shape != (hidden,):
     raise ValueError(f'unit_gates must have shape [H]=({hidden},), got {unit_gates.shape}.')
-  if params['bias'].shape != (num_gates * hidden,):
-    raise ValueError(f"params do not match cell={cell!r}: bias has shape "
-                     f"{params['bias'].shape}, expected ({num_gates * hidden},).")
   columns = jnp.tile(unit_gates, num_gates)  # [G*H]
-  return {
+  masks = {
       'input_kernel': columns[None, :],
       'recurrent_kernel': unit_gates[:, None] * columns[None, :],
       'bias': columns,
       'readout': {'kernel': unit_gates[:, None], 'bias': None},
   }
+  if UNIT_SCALE in params:
+    masks[UNIT_SCALE] = None
+  return masks
+
+
+def unit_keep_factors(params: types.Params, unit_keep: jax.Array) -> types.Masks:
+  """Per-weight survival factors of independent hidden-unit gates.
+
+  With ``unit_keep[j]`` the probability that unit ``j``'s gate is nonzero (or a
+  0/1 indicator), a weight survives the unit gates with probability: its column
+  unit's for input-kernel columns and bias; its row unit's for readout rows;
+  row unit times column unit for the recurrent kernel, except where row and
+  column are the same unit (then that unit's alone); ``unit_keep`` itself for
+  ``unit_scale``. Used by ``masks.hard_concrete`` to count what a unit gate removes.
+
+  Args:
+    params: LSTM/GRU params with a ``unit_scale`` leaf.
+    unit_keep: ``[H]`` values in ``[0, 1]``.
+
+  Returns:
+    A tree mirroring ``params`` with full-shape factors (``None`` for the readout bias).
+  """
+  hidden, num_gates = hidden_size_of(params), num_gates_of(params)
+  factors = unit_masks_from_gates(params, unit_keep)
+  same_unit = jnp.arange(hidden)[:, None] == (jnp.arange(num_gates * hidden) % hidden)[None, :]
+  factors['recurrent_kernel'] = jnp.where(same_unit, jnp.tile(unit_keep, num_gates)[None, :],
+                                          factors['recurrent_kernel'])
+  factors[UNIT_SCALE] = unit_keep
+  return jax.tree.map(lambda p, f: None if f is None else jnp.broadcast_to(f, p.shape), params, factors,
+                      is_leaf=lambda x: x is None)
 
 
 def realised_sparsity(params: types.Params, masks: types.Masks | None) -> jax.Array:

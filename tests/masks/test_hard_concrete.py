@@ -136,3 +136,83 @@ def test_bisection_threshold_prunes_what_a_stable_sort_prunes(seed):
     expected = np.zeros(200, bool)
     expected[order] = pruned_before < need
     test_utils.assert_equal(hard_concrete._lowest_up_to(values, sizes, need), expected)
+
+
+def _rnn_params(cell='lstm', hidden=6):
+  from metaprune_jax.nets import rnn
+  return rnn.INIT[cell](jax.random.key(0), 3, hidden, 2, unit_scale=True)
+
+
+@pytest.mark.parametrize('granularity', ['weight', 'hidden_unit', 'weight+hidden_unit'])
+def test_rnn_gate_specs(granularity):
+  params = _rnn_params()
+  logits = hard_concrete.init_gate_logits(params, hard_concrete.default_granularity(granularity))
+  gated = {'/'.join(hard_concrete._path_names(p)) for p, leaf in jax.tree_util.tree_leaves_with_path(logits)}
+  kernels = {'input_kernel', 'recurrent_kernel', 'readout/kernel'}
+  expected = {'weight': kernels, 'hidden_unit': {'unit_scale'},
+              'weight+hidden_unit': kernels | {'unit_scale'}}[granularity]
+  assert gated == expected
+  assert logits['unit_scale'] is None or logits['unit_scale'].shape == (6,)
+
+
+def _effective_keep(params, gates):
+  """0/1 (or gate-valued) effective weights: ones pushed through the gates and the net's unit expansion."""
+  from metaprune_jax.nets import rnn
+  ones = jax.tree.map(jnp.ones_like, params)
+  return rnn.effective_params(ones, gates)
+
+
+@pytest.mark.parametrize('granularity', ['hidden_unit', 'weight+hidden_unit'])
+def test_coupled_expected_l0_matches_monte_carlo(granularity):
+  params = _rnn_params('gru')
+  logits = hard_concrete.init_gate_logits(params, hard_concrete.default_granularity(granularity))
+  logits = jax.tree.map(lambda la: jax.random.uniform(jax.random.key(la.size), la.shape, minval=-2, maxval=2),
+                        logits)
+  touched = hard_concrete.num_gated_weights(params, logits)
+  assert touched == sum(x.size for x in jax.tree.leaves(params)) - 2  # All but the readout bias.
+
+  def nonzero(key):
+    keep = _effective_keep(params, hard_concrete.sample_gates(logits, key, HC))
+    del keep['readout']['bias']
+    return sum(jnp.sum(x != 0) for x in jax.tree.leaves(keep))
+  counts = jax.jit(jax.vmap(nonzero))(jax.random.split(jax.random.key(3), 4000))
+  expected = hard_concrete.expected_l0(params, logits, HC)['total']
+  test_utils.assert_close(np.mean(np.asarray(counts, np.float64)), expected, rtol=0.02)
+  test_utils.assert_close(hard_concrete.expected_density(params, logits, HC), expected / touched, rtol=1e-6)
+
+
+def test_coupled_realised_sparsity_counts_what_is_gone():
+  params = _rnn_params('lstm')
+  logits = hard_concrete.init_gate_logits(params, hard_concrete.default_granularity('weight+hidden_unit'))
+  logits = jax.tree.map(lambda la: jnp.where(jax.random.uniform(jax.random.key(la.size), la.shape) < 0.3,
+                                             -10.0, 10.0), logits)
+  keep = _effective_keep(params, hard_concrete.deterministic_gates(logits, HC))
+  zeros = sum(int(jnp.sum(x == 0)) for x in jax.tree.leaves(keep))
+  touched = hard_concrete.num_gated_weights(params, logits)
+  test_utils.assert_close(hard_concrete.realised_sparsity(params, logits, HC), zeros / touched)
+  total = sum(x.size for x in jax.tree.leaves(params))
+  test_utils.assert_equal(hard_concrete.nonzero_params(params, logits, HC), total - zeros)
+  units_closed = float(np.mean(np.asarray(logits['unit_scale']) < 0))
+  test_utils.assert_close(hard_concrete.unit_sparsity(logits, HC), units_closed)
+  assert hard_concrete.unit_sparsity(hard_concrete.init_gate_logits(params, 'weight'), HC) is None
+
+
+@pytest.mark.parametrize('granularity,target', [('hidden_unit', 0.7), ('weight+hidden_unit', 0.9)])
+def test_coupled_harden_prunes_the_fewest_gates_that_reach_the_target(granularity, target):
+  params = _rnn_params('lstm', hidden=8)
+  logits = hard_concrete.init_gate_logits(params, hard_concrete.default_granularity(granularity))
+  logits = jax.tree.map(lambda la: jax.random.normal(jax.random.key(la.size + 1), la.shape), logits)
+  hard = jax.jit(hard_concrete.harden, static_argnums=(2,))(params, logits, target)
+  assert float(hard_concrete.realised_sparsity(params, hard, HC)) >= target
+  # Reopening the highest-ranked closed gate falls short of the target: no gate closed needlessly.
+  flat_logits = jnp.concatenate([x.ravel() for x in jax.tree.leaves(logits)])
+  flat_hard = jnp.concatenate([x.ravel() for x in jax.tree.leaves(hard)])
+  closed = np.flatnonzero(np.asarray(flat_hard) < 0)
+  reopen = closed[np.argmax(np.asarray(flat_logits)[closed])]
+  leaves, treedef = jax.tree.flatten(hard)
+  flat = flat_hard.at[reopen].set(20.0)
+  sizes = np.cumsum([0] + [x.size for x in leaves])
+  fewer = jax.tree.unflatten(treedef, [flat[a:b].reshape(x.shape) for a, b, x in zip(sizes[:-1], sizes[1:], leaves)])
+  assert float(hard_concrete.realised_sparsity(params, fewer, HC)) < target
+  # Closed gates are exactly the lowest logits.
+  assert np.max(np.asarray(flat_logits)[closed]) <= np.min(np.delete(np.asarray(flat_logits), closed))

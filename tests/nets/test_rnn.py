@@ -170,3 +170,58 @@ def test_bad_arguments_raise_clear_errors():
     rnn.unit_masks_from_gates(params, jnp.ones((HIDDEN + 1,)), 'lstm')
   with pytest.raises(ValueError, match='inputs'):
     rnn.lstm_apply(params, inputs[0])
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_unit_scale_of_ones_equals_plain_net(cell):
+  init, _, _ = CELLS[cell]
+  params, inputs, apply = _setup(cell)
+  scaled = init(jax.random.split(jax.random.key(0))[0], IN, HIDDEN, OUT, unit_scale=True)
+  test_utils.assert_equal(scaled['unit_scale'], jnp.ones((HIDDEN,)))
+  test_utils.assert_equal(apply(scaled, inputs), apply(params, inputs))
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_masked_unit_scale_removes_the_unit_from_every_output(cell):
+  init, _, _ = CELLS[cell]
+  params, inputs, apply = _setup(cell)
+  params = dict(params, unit_scale=jnp.linspace(0.5, 1.5, HIDDEN))  # A trained gain, not just ones.
+  unit = 3
+  masks = jax.tree.map(lambda _: None, params)
+  masks['unit_scale'] = jnp.ones((HIDDEN,)).at[unit].set(0.0)
+  num_gates = rnn.NUM_GATES[cell]
+  cols = jnp.arange(num_gates) * HIDDEN + unit
+  noisy = dict(params)
+  noisy['input_kernel'] = params['input_kernel'].at[:, cols].set(9.0)
+  noisy['recurrent_kernel'] = params['recurrent_kernel'].at[:, cols].set(-7.0).at[unit].set(5.0)
+  noisy['bias'] = params['bias'].at[cols].set(3.0)
+  noisy['readout'] = dict(params['readout'], kernel=params['readout']['kernel'].at[unit].set(11.0))
+  noisy['unit_scale'] = params['unit_scale'].at[unit].set(4.0)
+  out = apply(params, inputs, masks)
+  test_utils.assert_equal(apply(noisy, inputs, masks), out)
+  assert not np.allclose(apply(noisy, inputs), apply(params, inputs))
+  # The same as the explicit structured masks of unit_masks_from_gates.
+  explicit = rnn.unit_masks_from_gates(params, params['unit_scale'] * masks['unit_scale'], cell)
+  plain = {k: v for k, v in params.items() if k != 'unit_scale'}
+  del explicit['unit_scale']
+  test_utils.assert_close(out, apply(plain, inputs, explicit), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_final_hidden_is_last_scanned_state(cell):
+  params, inputs, _ = _setup(cell)
+  hs = _hidden_states(params, inputs, cell)
+  test_utils.assert_close(rnn.final_hidden(params, inputs, cell=cell), hs[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_unit_keep_factors_count_each_weight_once():
+  params, _, _ = _setup('lstm')
+  params = dict(params, unit_scale=jnp.ones((HIDDEN,)))
+  keep = jnp.array([0.5, 1.0, 0.0, 1.0, 1.0])
+  factors = rnn.unit_keep_factors(params, keep)
+  assert factors['readout']['bias'] is None
+  rec = np.asarray(factors['recurrent_kernel'])
+  assert rec[0, 0] == 0.5 and rec[0, HIDDEN] == 0.5  # Same unit in row and column: its own gate once.
+  assert rec[0, 1] == 0.5 and rec[1, 0] == 0.5 and rec[0, 2] == 0.0 and rec[3, 4] == 1.0
+  test_utils.assert_equal(factors['unit_scale'], keep)
+  test_utils.assert_equal(factors['readout']['kernel'][:, 0], keep)

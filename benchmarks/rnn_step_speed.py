@@ -1,0 +1,93 @@
+"""Meta-steps per second of the ``sequence`` and ``strokes`` meta-steps, dense and gated; prints JSON.
+
+Each variant is the launcher's own step (``experiments/configs/{sequence,strokes}.py``
+through ``train.init_state`` and ``step.make_meta_step``: tasks sampled inside the
+jitted step, inner loop and gates as configured), with ``--config.FIELD=VALUE``-style
+overrides from ``--sequence_overrides`` / ``--strokes_overrides``. Variants:
+dense (``mask=none``) and gated (the config's gates: per-weight for
+``sequence``, one gate per hidden unit for ``strokes``). Compile (first call) is
+timed separately; then ``--rounds`` rounds in which every variant of a task runs
+``--sequence_steps`` (``--strokes_steps``) calls round-robin, ``block_until_ready`` after each; medians reported.
+
+Usage: python -m benchmarks.rnn_step_speed [--tasks=sequence,strokes --sequence_steps=50 --strokes_steps=5 --rounds=5]
+(``--steps`` / ``--repeats`` belong to ``benchmarks.meta_step_speed``, whose timing loop this reuses.)
+"""
+
+import json
+import os
+import platform
+
+import jax
+from absl import app
+from absl import flags
+
+from benchmarks import meta_step_speed
+from experiments import problems
+from experiments import train
+from experiments.configs import sequence as sequence_config
+from experiments.configs import strokes as strokes_config
+from metaprune_jax.meta import step as meta_step
+
+_TASKS = flags.DEFINE_list('tasks', ['sequence', 'strokes'], 'Task families to time.')
+_STEPS = flags.DEFINE_integer('sequence_steps', 50, 'Meta-steps per timing for sequence.')
+_STROKES_STEPS = flags.DEFINE_integer('strokes_steps', 5, 'Meta-steps per timing for strokes (slow).')
+_REPEATS = flags.DEFINE_integer('rounds', 5, 'Timings per variant (median reported).')
+_SEQUENCE_OVERRIDES = flags.DEFINE_list('sequence_overrides', [], 'FIELD=VALUE config overrides.')
+_STROKES_OVERRIDES = flags.DEFINE_list('strokes_overrides', [], 'FIELD=VALUE config overrides.')
+
+_CONFIGS = {'sequence': sequence_config, 'strokes': strokes_config}
+
+
+def _config(task: str, mask: str, overrides):
+  config = _CONFIGS[task].get_config()
+  config.mask = mask
+  for item in overrides:
+    field, value = item.split('=', 1)
+    current = config[field]
+    config[field] = value if isinstance(current, str) else type(current)(json.loads(value.lower()
+                                                                                    if value in ('True', 'False')
+                                                                                    else value))
+  train.validate_config(config)
+  return config
+
+
+def _variant(config):
+  problem = problems.get_problem(config)
+  state, optimizer = train.init_state(config, problem)
+  step = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
+                                  meta_batch_size=int(config.meta_batch_size),
+                                  settings=train.inner_settings(config),
+                                  objective=train._objective(config),  # pylint: disable=protected-access
+                                  harden_step=train.harden_step(config))
+  return step, state
+
+
+def _settings(config) -> dict:
+  fields = ('cell', 'hidden_size', 'meta_batch_size', 'num_shots', 'num_query', 'num_inner_steps', 'first_order',
+            'granularity', 'inner_python_loop', 'context_length', 'horizon', 'ways', 'num_points')
+  return {f: config[f] for f in fields if f in config}
+
+
+def main(argv):
+  del argv
+  out = {'benchmark': 'rnn_meta_step_speed', 'steps_per_timing': {}, 'repeats': _REPEATS.value, 'tasks': {}}
+  for task in _TASKS.value:
+    overrides = _SEQUENCE_OVERRIDES.value if task == 'sequence' else _STROKES_OVERRIDES.value
+    steps = _STEPS.value if task == 'sequence' else _STROKES_STEPS.value
+    configs = {mask_name: _config(task, mask, overrides)
+               for mask_name, mask in (('dense', 'none'), ('gated', 'hard_concrete'))}
+    results = meta_step_speed._time_interleaved(  # pylint: disable=protected-access
+        {name: _variant(config) for name, config in configs.items()}, steps, _REPEATS.value)
+    results['gated_over_dense_time'] = round(
+        results['dense']['steps_per_sec_median'] / results['gated']['steps_per_sec_median'], 3)
+    out['steps_per_timing'][task] = steps
+    out['tasks'][task] = {'config': _settings(configs['gated']), 'results': results}
+  out['load_average'] = list(os.getloadavg())
+  out['machine'] = {'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
+                    'jax': jax.__version__, 'python': platform.python_version(),
+                    'processor': platform.processor(), 'cpus': os.cpu_count()}
+  print(json.dumps(out, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

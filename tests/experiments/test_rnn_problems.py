@@ -1,0 +1,133 @@
+"""The ``sequence`` and ``strokes`` problems: meta-steps run without recompiling, episodes, launcher."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import problems
+from experiments import train
+from experiments.configs import sequence as sequence_config
+from experiments.configs import strokes as strokes_config
+from metaprune_jax.data import strokes as strokes_data
+from metaprune_jax.meta import step as meta_step
+from tests import test_utils
+from tests.shared_data import OMNIGLOT_DIR
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+needs_strokes = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(OMNIGLOT_DIR, strokes_data.ARCHIVES[0])),
+    reason='shared Omniglot strokes archives not present')
+
+
+def _tiny_sequence(**overrides):
+  config = sequence_config.get_config()
+  config.update(dict(hidden_size=6, context_length=6, horizon=3, num_shots=3, num_query=2,
+                     meta_batch_size=2, num_outer_steps=6, sparsity_warmup_steps=2, eval_num_tasks=4,
+                     eval_steps=(0, 2), eval_num_query=3, log_every_steps=3, checkpoint_every_steps=3,
+                     dense_reference=False))
+  config.update(overrides)
+  return config
+
+
+def _tiny_strokes(tmp_path, **overrides):
+  config = strokes_config.get_config()
+  config.update(dict(hidden_size=6, num_points=8, ways=3, num_shots=1, num_query=2, meta_batch_size=2,
+                     num_outer_steps=4, sparsity_warmup_steps=2, eval_num_tasks=4, eval_steps=(0, 1),
+                     eval_num_query=2, log_every_steps=2, checkpoint_every_steps=2, dense_reference=False,
+                     cache_dir=str(tmp_path / 'cache'), data_dir=OMNIGLOT_DIR))
+  config.update(overrides)
+  return config
+
+
+def _run_two_steps(config):
+  """Two meta-steps through a trace counter; returns (trace count, metrics, state)."""
+  problem = problems.get_problem(config)
+  state, optimizer = train.init_state(config, problem)
+  counter = test_utils.CompileCounter()
+  step = meta_step.make_meta_step(problem.train_sampler, counter.wrap(problem.loss_fn), optimizer,
+                                  meta_batch_size=int(config.meta_batch_size),
+                                  settings=train.inner_settings(config), objective=train._objective(config),
+                                  harden_step=train.harden_step(config))
+  state, _ = step(state)
+  traces = counter.count
+  state, metrics = step(state)
+  assert counter.count == traces, 'the second meta-step retraced'
+  test_utils.assert_all_finite((state.meta_params, metrics))
+  return problem, metrics, state
+
+
+@pytest.mark.parametrize('cell,granularity,mask', [
+    ('lstm', 'weight', 'hard_concrete'), ('gru', 'weight+hidden_unit', 'hard_concrete'),
+    ('lstm', 'hidden_unit', 'none')])
+def test_sequence_meta_step_runs_without_recompiling(cell, granularity, mask):
+  config = _tiny_sequence(cell=cell, granularity=granularity, mask=mask)
+  problem, metrics, state = _run_two_steps(config)
+  params = state.meta_params['params']
+  assert ('unit_scale' in params) == (granularity != 'weight')
+  assert problem.metric == 'mse' and problem.head_keys == ('readout',)
+  tasks = problem.eval_sampler(jax.random.key(0), 2, 4)
+  assert tasks.support_inputs.shape == (2, 4, 6, 1) and tasks.query_targets.shape == (2, 3, 3, 1)
+  assert float(metrics['outer/query_loss']) > 0
+
+
+@needs_strokes
+def test_strokes_meta_step_runs_without_recompiling(tmp_path):
+  config = _tiny_strokes(tmp_path)
+  problem, _, state = _run_two_steps(config)
+  assert problem.metric == 'accuracy' and problem.head_keys == ('readout',)
+  tasks = problem.train_sampler(jax.random.key(1), 2)
+  assert tasks.support_inputs.shape == (2, 3, 8, 3) and tasks.query_targets.shape == (2, 6)
+  params = state.meta_params['params']
+  task = jax.tree.map(lambda x: x[0], tasks)
+  accuracy = problem.accuracy_fn(params, task.query_inputs, task.query_targets)
+  assert 0.0 <= float(accuracy) <= 1.0
+  assert problem.embed_fn(params, task.query_inputs).shape == (6, 6)
+
+
+@needs_strokes
+def test_strokes_episodes_are_character_disjoint(tmp_path):
+  data = strokes_data.load_strokes(OMNIGLOT_DIR, num_points=8, cache_dir=str(tmp_path / 'cache'))
+  splits = strokes_data.split_characters(data, seed=0)
+  names = {split: set(part.names) for split, part in splits.items()}
+  assert not names['train'] & names['test'] and not names['train'] & names['val']
+  assert not names['val'] & names['test']
+  # The sampled episodes draw only from their split: every episode drawing is one of that split's.
+  config = _tiny_strokes(tmp_path, ways=5, num_query=3)
+  problem = problems.get_problem(config)
+  train_set = {d.tobytes() for d in splits['train'].drawings.reshape(-1, 8, 3)}
+  test_set = {d.tobytes() for d in splits['test'].drawings.reshape(-1, 8, 3)}
+  train_tasks = problem.train_sampler(jax.random.key(0), 3)
+  eval_tasks = problem.eval_sampler(jax.random.key(0), 3, 1)
+  for tasks, own, other in ((train_tasks, train_set, test_set), (eval_tasks, test_set, train_set)):
+    drawings = np.concatenate([np.asarray(tasks.support_inputs).reshape(-1, 8, 3),
+                               np.asarray(tasks.query_inputs).reshape(-1, 8, 3)])
+    assert all(d.tobytes() in own and d.tobytes() not in other for d in drawings)
+
+
+def test_bad_rnn_fields_name_the_flag():
+  with pytest.raises(ValueError, match=r'--config\.cell'):
+    problems.get_problem(_tiny_sequence(cell='rnn'))
+  with pytest.raises(ValueError, match=r'--config\.kind'):
+    problems.get_problem(_tiny_sequence(kind='chaos'))
+
+
+def test_launcher_runs_a_tiny_sequence_config(tmp_path):
+  overrides = [f'--config.{k}={v}' for k, v in dict(
+      hidden_size=6, context_length=6, horizon=3, num_shots=3, num_query=2, meta_batch_size=2,
+      num_outer_steps=6, sparsity_warmup_steps=2, eval_num_tasks=4, eval_steps='0,2', eval_shots='3,',
+      eval_num_query=3, log_every_steps=3, checkpoint_every_steps=3, dense_reference=False,
+      granularity='weight+hidden_unit').items()]
+  result = subprocess.run([sys.executable, '-m', 'experiments.maml_prune', '--task=sequence',
+                           f'--workdir={tmp_path}', *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, 'PYTHONPATH': ROOT})
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['task'] == 'sequence' and summary['metric'] == 'mse'
+  assert 0.0 <= summary['sparsity']['hidden_unit_sparsity'] <= 1.0
+  assert summary['eval']['sparse']['shots_3']['step_2']['num_tasks'] == 4
