@@ -109,7 +109,7 @@ def test_grid_runs_dense_once_per_seed_and_names_points():
 def test_unknown_method_and_task_list_the_valid_names(tmp_path):
   config = _tiny_config()
   config.frontier_methods = ('hard_concrete', 'optimal_brain_damage')
-  with pytest.raises(ValueError, match='valid methods: dense, hard_concrete, magnitude_finetune'):
+  with pytest.raises(ValueError, match='valid methods: dense, hard_concrete, meta_pruner, magnitude_finetune'):
     frontier.run_frontier(config, str(tmp_path))
   result = subprocess.run([sys.executable, '-m', 'experiments.frontier', '--task=omniglot_nope',
                            f'--workdir={tmp_path}'], capture_output=True, text=True, timeout=120,
