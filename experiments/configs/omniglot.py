@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Gates: conv kernels only (the head stays dense; batch-norm parameters are never gated).
   config.mask = 'hard_concrete'
+  # --config.mask=meta_pruner: task-conditioned gates from the support images' (stop-gradient) Conv-4 features.
+  config.meta_pruner_hidden_sizes = (64,)
+  config.meta_pruner_embed_dim = 16
+  config.meta_pruner_lr = 1e-3
   config.granularity = 'weight'  # 'weight' or 'out_unit' (one gate per output channel / filter).
   config.dense_layers = ('head',)
   config.init_logit = 3.0
