@@ -367,8 +367,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.mask == 'meta_pruner':  # Task-conditioned masks: per-task sparsity, distances, cost.
     summary['meta_pruner'] = mask_analysis.analyse(config, state.meta_params, problem)
     summary['sparsity']['realised_sparsity'] = summary['meta_pruner']['realised_sparsity']['mean']
-    summary['sparsity']['note'] = ('meta_pruner: realised sparsity is the mean over held-out tasks of each '
-                                   "task's hardened mask (see 'meta_pruner')")
+    summary['sparsity']['nonzero_params'] = int(round(summary['sparsity']['total_params'] - summary['sparsity'][
+        'realised_sparsity'] * summary['sparsity']['gated_weights']))
+    summary['sparsity']['note'] = ('meta_pruner: realised sparsity and nonzero params are means over held-out '
+                                   "tasks of each task's hardened mask (see 'meta_pruner')")
     mask_analysis.plot(summary['meta_pruner'], os.path.join(workdir, 'task_masks.png'))
   if problem.flops_fn is not None:  # Realised weight / channel sparsity and FLOPs of the pruned network.
     gate_logits = state.meta_params.get('gate_logits')

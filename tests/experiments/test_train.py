@@ -117,4 +117,6 @@ def test_meta_pruner_run_reports_task_masks(tmp_path):
   assert 0.0 <= analysis['mean_pairwise_jaccard'] <= 1.0
   assert analysis['mask_generation_seconds'] > 0 and analysis['inner_step_seconds'] > 0
   assert (tmp_path / 'task_masks.png').exists()
+  report = summary['sparsity']
+  assert report['nonzero_params'] == round(report['total_params'] - report['realised_sparsity'] * report['gated_weights'])
   assert 'sparse' in summary['eval'] and 'gates_off' in summary['eval']
