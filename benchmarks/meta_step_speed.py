@@ -3,7 +3,9 @@
 2x40 ReLU MLP, meta-batch 25, K=10 support + 10 query, 1 inner step, second order,
 Adam outer update; task sampling inside the jitted step. Variants measured in the
 same process: the library's dense step, its gated step (per-weight hard-concrete
-gates), both again with the inner loop unrolled in Python (``python_loop``), and a
+gates, a sample per task), both again with the inner loop unrolled in Python
+(``python_loop``), the gated step with one gate sample per meta-step shared by
+its tasks (``library_gated_batch_sample``, ``gate_sample_scope='batch'``), and a
 minimal hand-written jit+vmap MAML for reference. Each variant:
 compile (first call) timed separately, then ``--repeats`` rounds in which every
 variant runs ``--steps`` calls (round-robin, so a change in machine load hits
@@ -66,7 +68,7 @@ def _time_interleaved(variants: dict, steps: int, repeats: int) -> dict:
                  'ms_per_step_median': round(1e3 / statistics.median(rates[name]), 4)} for name in variants}
 
 
-def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool = False):
+def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool = False, scope: str = 'task'):
   model = mlp.make_mlp((40, 40), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   gates = hard_concrete.init_gate_logits(params, granularity) if gated else None
@@ -75,7 +77,8 @@ def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool
   sampler = lambda key, n: sinusoid.sample_sinusoid_tasks(key, num_tasks=n, num_support=SHOTS, num_query=SHOTS)
   step = meta_step.make_meta_step(sampler, losses.mse_loss(model.apply), optimizer, meta_batch_size=META_BATCH,
                                   settings=maml.InnerSettings(inner_lr=INNER_LR, first_order=first_order,
-                                                              python_loop=python_loop))
+                                                              python_loop=python_loop,
+                                                              gate_sample_scope=scope))
   return step, state
 
 
@@ -128,7 +131,11 @@ def main(argv):
       'library_gated': _library(True, first_order, _GRANULARITY.value),
       'library_dense_python_loop': _library(False, first_order, _GRANULARITY.value, python_loop=True),
       'library_gated_python_loop': _library(True, first_order, _GRANULARITY.value, python_loop=True),
+      'library_gated_batch_sample': _library(True, first_order, _GRANULARITY.value, scope='batch'),
   }, steps, repeats)
+  results['gated_batch_sample_over_dense_time'] = round(
+      results['library_dense']['steps_per_sec_median']
+      / results['library_gated_batch_sample']['steps_per_sec_median'], 3)
   results['gated_over_dense_time'] = round(
       results['library_dense']['steps_per_sec_median'] / results['library_gated']['steps_per_sec_median'], 3)
   results['gated_over_dense_time_python_loop'] = round(

@@ -68,6 +68,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.granularity in hard_concrete.GRANULARITIES, 'granularity', config.granularity,
            f'use one of {hard_concrete.GRANULARITIES}')
   _require(config.gate_noise in ('hash', 'threefry'), 'gate_noise', config.gate_noise, "use 'hash' or 'threefry'")
+  _require(config.get('gate_sample_scope', 'task') in maml.GATE_SAMPLE_SCOPES, 'gate_sample_scope',
+           config.get('gate_sample_scope'), "use 'task' (a gate sample per task) or 'batch' (one per meta-step)")
   _require(config.hc_beta > 0, 'hc_beta', config.hc_beta, 'must be > 0')
   _require(config.hc_gamma < 0, 'hc_gamma', config.hc_gamma, 'must be < 0 (the stretch below 0)')
   _require(config.hc_zeta > 1, 'hc_zeta', config.hc_zeta, 'must be > 1 (the stretch above 1)')
@@ -101,7 +103,8 @@ def inner_settings(config, *, num_inner_steps=None, inner_lr=None) -> maml.Inner
       first_order=bool(config.first_order), adapt_gates=bool(config.adapt_gates),
       inner_gate_lr=float(config.inner_gate_lr), hc=_hc(config), noise=config.gate_noise,
       python_loop=bool(config.get('inner_python_loop', False)),
-      task_chunk_size=int(config.get('task_chunk_size', 0)))
+      task_chunk_size=int(config.get('task_chunk_size', 0)),
+      gate_sample_scope=str(config.get('gate_sample_scope', 'task')))
 
 
 def learner_and_density(config, problem: problems.Problem):

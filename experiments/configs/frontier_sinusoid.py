@@ -44,8 +44,8 @@ def get_config():
   config.gradual_update_every_steps = 500  # Mask recomputed every this many meta-steps.
 
   # The grid.
-  config.frontier_methods = ('dense', 'hard_concrete', 'magnitude_finetune', 'snip', 'gradual_magnitude',
-                             'random')
+  config.frontier_methods = ('dense', 'hard_concrete', 'meta_pruner', 'magnitude_finetune', 'snip',
+                             'gradual_magnitude', 'random')
   config.frontier_sparsities = (0.5, 0.8, 0.9, 0.95, 0.98)
   config.frontier_seeds = (0, 1, 2)
   return config

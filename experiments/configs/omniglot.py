@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.hc_gamma = -0.1
   config.hc_zeta = 1.1
   config.gate_noise = 'hash'
+  config.gate_sample_scope = 'task'
   config.adapt_gates = False
   config.inner_gate_lr = 0.1
 

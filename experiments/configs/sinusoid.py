@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.hc_gamma = -0.1
   config.hc_zeta = 1.1
   config.gate_noise = 'hash'     # 'hash' (fast keyed hash) or 'threefry'.
+  config.gate_sample_scope = 'task'  # 'task': a gate sample per task; 'batch': one per meta-step.
   config.adapt_gates = False     # Also adapt gate logits in the inner loop.
   config.inner_gate_lr = 0.1
 

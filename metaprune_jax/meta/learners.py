@@ -60,23 +60,24 @@ def no_extra(params, settings) -> dict:
 
 
 def batch_mean(task_loss: Callable) -> Callable:
-  """``batch_loss`` from ``task_loss``: per-task gate noise drawn in one call, ``vmap`` over tasks."""
+  """``batch_loss`` from ``task_loss``: gate noise drawn in one call (per task or shared), ``vmap`` over tasks."""
   def batch_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *, settings: maml.InnerSettings,
                  gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
-    noise = None
-    if gate_mode == 'sample' and meta_params.get('gate_logits') is not None:
-      noise = maml.sample_gate_noise(meta_params['gate_logits'], key, settings.noise,
-                                     num_tasks=tasks.support_inputs.shape[0])
+    noise, noise_axis = maml.batch_gate_noise(meta_params, key, settings, tasks.support_inputs.shape[0],
+                                              gate_mode)
     per_task = jax.vmap(
         lambda task, task_noise: task_loss(meta_params, task, task_noise, settings=settings,
                                            gate_mode=gate_mode, fixed_masks=fixed_masks),
-        in_axes=(0, 0))
+        in_axes=(0, noise_axis))
     num_tasks, chunk = tasks.support_inputs.shape[0], settings.task_chunk_size
     if 0 < chunk < num_tasks:
       if num_tasks % chunk:
         raise ValueError(f'task_chunk_size={chunk} must divide the meta-batch size {num_tasks}.')
       split = lambda x: x.reshape((num_tasks // chunk, chunk) + x.shape[1:])  # pylint: disable=unnecessary-lambda-assignment
-      losses = jax.lax.map(lambda args: per_task(*args), jax.tree.map(split, (tasks, noise)))
+      if noise_axis is None:
+        losses = jax.lax.map(lambda chunk_tasks: per_task(chunk_tasks, noise), jax.tree.map(split, tasks))
+      else:
+        losses = jax.lax.map(lambda args: per_task(*args), jax.tree.map(split, (tasks, noise)))
     else:
       losses = per_task(tasks, noise)
     return jnp.mean(losses)

@@ -46,6 +46,11 @@ class InnerSettings(NamedTuple):
     task_chunk_size: > 0: the meta-batch runs as a ``lax.map`` over chunks of
       this many vmapped tasks (smaller scratch buffers; ``learners.batch_mean``);
       0 vmaps the whole batch at once.
+    gate_sample_scope: ``'task'`` (default): every task of a meta-batch draws its
+      own gate sample; ``'batch'``: one sample per meta-step shared by all its
+      tasks (one draw per minibatch, as in Louizos et al. 2018). ``'batch'``
+      keeps the support pass on shared weights, which is much cheaper on
+      XLA:CPU for small nets (``benchmarks/meta_step_speed.py``).
   """
   inner_lr: float = 0.01
   num_inner_steps: int = 1
@@ -56,11 +61,29 @@ class InnerSettings(NamedTuple):
   noise: str = 'hash'
   python_loop: bool = False
   task_chunk_size: int = 0
+  gate_sample_scope: str = 'task'
+
+
+GATE_SAMPLE_SCOPES = ('task', 'batch')
 
 
 def sample_gate_noise(gate_logits, key: types.PRNGKey, method: str = 'hash', num_tasks: int | None = None):
   """Uniform noise for every gate: leaves ``[num_tasks, *gate_shape]`` (see ``noise.uniform_tree``)."""
   return noise_lib.uniform_tree(gate_logits, key, method=method, num_tasks=num_tasks)
+
+
+def batch_gate_noise(meta_params, key: types.PRNGKey, settings: InnerSettings, num_tasks: int, gate_mode: str):
+  """Gate noise for a meta-batch and its ``vmap`` axis: ``(noise, 0)`` per task, ``(noise, None)`` shared.
+
+  Returns ``(None, None)`` when nothing is sampled (no gates, or fixed gates).
+  """
+  if gate_mode != 'sample' or meta_params.get('gate_logits') is None:
+    return None, None
+  if settings.gate_sample_scope not in GATE_SAMPLE_SCOPES:
+    raise ValueError(f'gate_sample_scope={settings.gate_sample_scope!r} is unknown; use one of {GATE_SAMPLE_SCOPES}.')
+  if settings.gate_sample_scope == 'batch':
+    return sample_gate_noise(meta_params['gate_logits'], key, settings.noise), None
+  return sample_gate_noise(meta_params['gate_logits'], key, settings.noise, num_tasks=num_tasks), 0
 
 
 def _masks(gate_logits, noise, gate_mode: str, hc):
@@ -195,14 +218,11 @@ def batch_query_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *,
   """Mean query loss over a task batch (``vmap`` over the leading task axis).
 
   In ``'sample'`` mode each task gets its own gate noise, drawn for the whole
-  batch at once from ``key``.
+  batch at once from ``key`` (or one draw for all, ``settings.gate_sample_scope='batch'``).
   """
-  noise = None
-  if gate_mode == 'sample' and meta_params.get('gate_logits') is not None:
-    noise = sample_gate_noise(meta_params['gate_logits'], key, settings.noise,
-                              num_tasks=tasks.support_inputs.shape[0])
+  noise, noise_axis = batch_gate_noise(meta_params, key, settings, tasks.support_inputs.shape[0], gate_mode)
   losses = jax.vmap(
       lambda task, task_noise: task_query_loss(meta_params, task, None, loss_fn=loss_fn, settings=settings,
                                                gate_mode=gate_mode, fixed_masks=fixed_masks, noise=task_noise),
-      in_axes=(0, 0))(tasks, noise)
+      in_axes=(0, noise_axis))(tasks, noise)
   return jnp.mean(losses)

@@ -70,6 +70,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     ('outer_lr_final_scale', 1.5, '--config.outer_lr_final_scale'),
     ('activation', 'sigmoid', "--config.activation='sigmoid' is invalid: use one of"),
     ('input_range', (5.0, -5.0), '--config.input_range'),
+    ('gate_sample_scope', 'episode', '--config.gate_sample_scope'),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
   config = smoke.get_config()

@@ -184,10 +184,10 @@ def test_protonet_separable_embeddings_are_classified_perfectly():
   test_utils.assert_equal(logits[:, 3:] < -1e29, True)  # Empty slots never win.
 
 
-@pytest.mark.parametrize('name', ['maml', 'protonet'])
-def test_chunked_meta_batch_equals_one_vmap(name):
+@pytest.mark.parametrize('name,scope', [('maml', 'task'), ('protonet', 'task'), ('maml', 'batch')])
+def test_chunked_meta_batch_equals_one_vmap(name, scope):
   learner = _learner(name)
-  settings = maml.InnerSettings(inner_lr=0.1)
+  settings = maml.InnerSettings(inner_lr=0.1, gate_sample_scope=scope)
   meta_params = _meta_params(learner, settings)
   tasks, key = _tasks(jax.random.key(8), 4), jax.random.key(9)
   whole = jax.value_and_grad(lambda mp: learner.batch_loss(mp, tasks, key, settings=settings))(meta_params)

@@ -95,6 +95,28 @@ def test_gates_are_sampled_independently_per_task():
     assert not np.allclose(leaf[0], leaf[1]) and not np.allclose(leaf[1], leaf[2])
 
 
+def test_batch_scope_gives_every_task_the_same_gate_sample():
+  meta_params, tasks, loss_fn = _setup()
+  settings = maml.InnerSettings(inner_lr=0.05, gate_sample_scope='batch')
+  key = jax.random.key(7)
+  loss_and_grad = lambda s: jax.value_and_grad(lambda mp: maml.batch_query_loss(  # pylint: disable=g-long-lambda
+      mp, tasks, key, loss_fn=loss_fn, settings=s))(meta_params)
+  shared, shared_grads = loss_and_grad(settings)
+  noise = maml.sample_gate_noise(meta_params['gate_logits'], key, settings.noise)
+  assert all(leaf.shape == gate.shape for leaf, gate in zip(jax.tree.leaves(noise),
+                                                            jax.tree.leaves(meta_params['gate_logits'])))
+  looped = np.mean([maml.task_query_loss(meta_params, _task(tasks, i), None, loss_fn=loss_fn, settings=settings,
+                                         noise=noise) for i in range(3)])
+  test_utils.assert_close(shared, looped, rtol=1e-5)
+  per_task, per_task_grads = loss_and_grad(settings._replace(gate_sample_scope='task'))
+  assert abs(float(per_task) - float(shared)) > 1e-6  # Independent samples give another estimate.
+  for grads in (shared_grads, per_task_grads):
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads['gate_logits']))
+  with pytest.raises(ValueError, match='gate_sample_scope'):
+    maml.batch_query_loss(meta_params, tasks, key, loss_fn=loss_fn,
+                          settings=settings._replace(gate_sample_scope='episode'))
+
+
 def test_gates_off_ignores_gate_logits_and_adapt_gates_changes_the_result():
   meta_params, tasks, loss_fn = _setup()
   task = _task(tasks, 0)
