@@ -26,6 +26,9 @@ from metaprune_jax.meta import inner
 from metaprune_jax.meta import meta_pruner
 
 
+_STRUCTURE_TASKS = 10  # Held-out tasks whose pruned nets' FLOPs are averaged.
+
+
 def _median_seconds(fn, *args, repeats: int = 20) -> float:
   jax.block_until_ready(fn(*args))  # Compile.
   times = []
@@ -81,7 +84,7 @@ def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 
   step_seconds = _median_seconds(jax.jit(lambda p, t: inner.sgd_step(
       lambda q: problem.loss_fn(q, t.support_inputs, t.support_targets), p, float(config.eval_inner_lr))),
                                  params, single)
-  return {
+  analysis = {
       'num_tasks': int(per_task.shape[0]), 'shots': shots, 'target_sparsity': target,
       'realised_sparsity': {'mean': float(per_task.mean()), 'min': float(per_task.min()),
                             'max': float(per_task.max())},
@@ -93,6 +96,11 @@ def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 
       'mask_generation_seconds': mask_seconds,
       'inner_step_seconds': step_seconds,
   }
+  if problem.flops_fn is not None:  # Weight / channel sparsity and FLOPs of each task's pruned net, averaged.
+    structures = [problem.flops_fn(params, task_masks) for task_masks in task_list[:_STRUCTURE_TASKS]]
+    analysis['structure'] = {key: float(np.mean([s[key] for s in structures])) for key in structures[0]}
+    analysis['structure']['num_tasks'] = len(structures)
+  return analysis
 
 
 def plot(analysis: dict, path: str) -> None:

@@ -375,7 +375,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary['sparsity']['note'] = ('meta_pruner: realised sparsity and nonzero params are means over held-out '
                                    "tasks of each task's hardened mask (see 'meta_pruner')")
     mask_analysis.plot(summary['meta_pruner'], os.path.join(workdir, 'task_masks.png'))
-  if problem.flops_fn is not None:  # Realised weight / channel sparsity and FLOPs of the pruned network.
+  if 'structure' in summary.get('meta_pruner', {}):  # Each task prunes its own net: mean over held-out tasks.
+    summary['structure'] = summary['meta_pruner']['structure']
+  elif problem.flops_fn is not None:  # Realised weight / channel sparsity and FLOPs of the pruned network.
     gate_logits = state.meta_params.get('gate_logits')
     gates = None if gate_logits is None else hard_concrete.deterministic_gates(gate_logits, _hc(config))
     summary['structure'] = problem.flops_fn(state.meta_params['params'], gates)

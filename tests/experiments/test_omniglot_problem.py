@@ -36,6 +36,18 @@ def test_tiny_protonet_run_reports_accuracy_sparsity_and_flops(tmp_path):
   assert 0 <= structure['pruned_channels'] <= structure['conv_channels'] == 2 * config.conv_width
 
 
+def test_tiny_meta_pruner_run_reports_the_structure_of_the_task_masks(tmp_path):
+  config = _config()
+  config.algorithm, config.mask = 'protonet', 'meta_pruner'
+  config.meta_pruner_hidden_sizes, config.meta_pruner_embed_dim = (8,), 4
+  config.harden_at_fraction = 0.5
+  summary = train.run(config, str(tmp_path))
+  structure, analysis = summary['structure'], summary['meta_pruner']
+  assert structure['num_tasks'] == 4  # Every held-out task analysed (eval_num_tasks = 4).
+  assert abs(structure['conv_weight_sparsity'] - analysis['realised_sparsity']['mean']) < 1e-6
+  assert 0.79 < structure['conv_weight_sparsity'] < 0.81 and structure['effective_flops'] < structure['dense_flops']
+
+
 def test_episodes_come_from_held_out_characters():
   config = _config()
   splits = problems.load_omniglot_splits(config)
