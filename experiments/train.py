@@ -158,6 +158,9 @@ def init_state(config, problem: problems.Problem):
     spec = hard_concrete.default_granularity(config.granularity, tuple(config.dense_layers))
     gate_logits = hard_concrete.init_gate_logits(params, spec, init_logit=float(config.init_logit))
     if hard_concrete.num_gated_weights(params, gate_logits) == 0:
+      if 'hidden_unit' in config.granularity:
+        raise ValueError(f'--config.granularity={config.granularity!r} gates the hidden units of recurrent nets '
+                         f'only; --task={config.task} has none. Use weight, out_unit or in_unit.')
       raise ValueError(f'--config.dense_layers={tuple(config.dense_layers)!r} leaves no layer gated.')
   inner_lrs_lr = config.get('inner_lrs_lr', None)
   optimizer = meta_step.make_outer_optimizer(outer_lr_schedule(config), float(config.gate_lr),

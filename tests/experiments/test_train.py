@@ -79,6 +79,13 @@ def test_bad_config_names_the_flag(field, value, flag):
     train.validate_config(config)
 
 
+def test_hidden_unit_gates_on_an_mlp_name_the_granularity(tmp_path):
+  config = smoke.get_config()
+  config.granularity = 'hidden_unit'
+  with pytest.raises(ValueError, match="--config.granularity='hidden_unit' gates the hidden units of recurrent"):
+    train.run(config, str(tmp_path))
+
+
 @pytest.mark.parametrize('field,value,match', [
     ('hidden_sizes', 8, '--config.hidden_sizes=8 is invalid: expected a sequence'),
     ('outer_lr', '1e-3', "--config.outer_lr='1e-3' is invalid: expected a float"),
