@@ -253,8 +253,8 @@ def margins(config, rows: list[dict]) -> list[dict]:
   """At each sparsity, ``REFERENCE`` against each baseline: difference of means and CI separation.
 
   ``margin = baseline_mean - reference_mean`` (positive: the reference is
-  better); ``separated`` when the intervals do not overlap
-  (``ref_mean + ref_ci < baseline_mean - baseline_ci``).
+  better); ``separated`` when the intervals do not overlap, in either direction
+  (the sign of ``margin`` says which method is ahead).
   """
   by_key = {(r['method'], r['target_sparsity']): r for r in rows}
   out = []
@@ -270,7 +270,8 @@ def margins(config, rows: list[dict]) -> list[dict]:
                     'baseline_mean': other['mean'], 'baseline_ci95': other['ci95'],
                     'margin': other['mean'] - ref['mean'],
                     'relative_margin': (other['mean'] - ref['mean']) / other['mean'],
-                    'separated': bool(ref['mean'] + ref['ci95'] < other['mean'] - other['ci95'])})
+                    'separated': bool(ref['mean'] + ref['ci95'] < other['mean'] - other['ci95']
+                                      or other['mean'] + other['ci95'] < ref['mean'] - ref['ci95'])})
   return out
 
 

@@ -95,6 +95,10 @@ def test_aggregate_pools_tasks_over_seeds_and_margins_need_separated_intervals()
   records[2]['per_task']['shots_5']['step_1'] = [1.0, 1.9, 0.4, 1.6]  # Now the intervals overlap.
   (margin,) = frontier.margins(config, frontier.aggregate(config, records))
   assert margin['margin'] > 0 and not margin['separated']
+  records[2]['per_task']['shots_5']['step_1'] = [0.10, 0.11, 0.09, 0.10]  # The baseline now wins clearly.
+  records[3]['per_task']['shots_5']['step_1'] = [0.10, 0.12, 0.08, 0.10]
+  (margin,) = frontier.margins(config, frontier.aggregate(config, records))
+  assert margin['margin'] < 0 and margin['separated']
 
 
 def test_grid_runs_dense_once_per_seed_and_names_points():
