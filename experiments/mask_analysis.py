@@ -39,17 +39,9 @@ def _median_seconds(fn, *args, repeats: int = 20) -> float:
   return statistics.median(times)
 
 
-def _pruned_per_task(task_masks: jax.Array, param: jax.Array) -> np.ndarray:
-  """``[T]`` pruned weights of ``param`` per task; a structured gate counts every weight it switches."""
-  num_tasks, gate_shape = task_masks.shape[0], task_masks.shape[1:]
-  aligned = task_masks.reshape((num_tasks,) + (1,) * (param.ndim - len(gate_shape)) + gate_shape)
-  pruned = jnp.broadcast_to(aligned == 0, (num_tasks,) + param.shape)
-  return np.asarray(jnp.sum(pruned, axis=tuple(range(1, param.ndim + 1))))
-
-
-def _layer_names(tree) -> list[str]:
-  leaves = jax.tree_util.tree_leaves_with_path(tree)
-  return [jax.tree_util.keystr(path) for path, _ in leaves]
+def _named_leaves(tree) -> list[tuple[str, jax.Array]]:
+  """``(path string, leaf)`` for every non-None leaf, in tree order (e.g. ``"['Dense_1']['kernel']"``)."""
+  return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 100) -> dict:
@@ -66,11 +58,12 @@ def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 
       meta_params, tasks)
   params = meta_params['params']
   gated = hard_concrete.num_gated_weights(params, meta_params['gate_logits'])
-  leaves = jax.tree.leaves(masks)
-  param_leaves = jax.tree.leaves(jax.tree.map(
-      lambda g, p: None if g is None else p, meta_params['gate_logits'], params, is_leaf=lambda x: x is None))
-  zeros_per_layer = np.stack([_pruned_per_task(m, p) for m, p in zip(leaves, param_leaves)], axis=1)  # [T, L]
-  layer_sizes = np.array([p.size for p in param_leaves])
+  pruned = jax.vmap(lambda m: hard_concrete.pruned_per_leaf(params, m))(masks)  # Leaves [T] or None.
+  touched = [(name, count, param) for (name, count), param in zip(
+      _named_leaves(pruned), jax.tree.leaves(jax.tree.map(lambda c, p: None if c is None else p, pruned, params,
+                                                          is_leaf=lambda x: x is None)))]
+  zeros_per_layer = np.stack([np.asarray(count) for _, count, _ in touched], axis=1)  # [T, L]
+  layer_sizes = np.array([param.size for _, _, param in touched])
   per_task = zeros_per_layer.sum(1) / gated
   per_layer = zeros_per_layer / layer_sizes[None, :]
   task_list = [jax.tree.map(lambda m, i=i: m[i], masks) for i in range(per_task.shape[0])]
@@ -89,7 +82,7 @@ def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 
       'realised_sparsity': {'mean': float(per_task.mean()), 'min': float(per_task.min()),
                             'max': float(per_task.max())},
       'per_layer_sparsity': {name: {'mean': float(per_layer[:, i].mean()), 'std': float(per_layer[:, i].std())}
-                             for i, name in enumerate(_layer_names(meta_params['gate_logits']))},
+                             for i, (name, _, _) in enumerate(touched)},
       'mean_pairwise_jaccard': float(distances['jaccard']),
       'mean_pairwise_hamming': float(distances['hamming']),
       'jaccard_matrix': jaccard_matrix.round(4).tolist(),

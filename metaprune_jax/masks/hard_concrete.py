@@ -277,6 +277,19 @@ def _num_pruned(params, gates) -> jax.Array:
              jnp.zeros((), jnp.int32)).astype(jnp.float32)
 
 
+def pruned_per_leaf(params: types.Params, gates: types.Masks):
+  """Pruned weights per parameter leaf given gate values ``gates`` (e.g. one task's hardened mask).
+
+  Returns a tree mirroring ``params``: for every leaf some gate touches, the
+  number of its weights whose survival is exactly 0 (a structured gate counts
+  every weight it switches; an RNN unit gate every weight of its unit, see
+  ``rnn.unit_keep_factors``); ``None`` for untouched leaves. Works under ``vmap``.
+  """
+  keep = _keep_tree(params, jax.tree.map(lambda z: (z != 0.0).astype(jnp.float32), gates))
+  return jax.tree.map(lambda k: None if k is None else jnp.sum(k == 0.0, dtype=jnp.int32), keep,
+                      is_leaf=_is_none)
+
+
 def realised_sparsity(params: types.Params, gate_logits: types.GateLogits,
                       hc: HardConcrete = HardConcrete()) -> jax.Array:
   """Fraction of gated weights whose deterministic gate is exactly 0."""

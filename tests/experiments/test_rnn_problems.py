@@ -131,3 +131,23 @@ def test_launcher_runs_a_tiny_sequence_config(tmp_path):
   assert summary['task'] == 'sequence' and summary['metric'] == 'mse'
   assert 0.0 <= summary['sparsity']['hidden_unit_sparsity'] <= 1.0
   assert summary['eval']['sparse']['shots_3']['step_2']['num_tasks'] == 4
+
+
+@pytest.mark.parametrize('task', ['sequence', 'strokes'])
+def test_meta_pruner_runs_on_rnn_tasks(tmp_path, task):
+  if task == 'strokes' and not os.path.isdir(OMNIGLOT_DIR):
+    pytest.skip('needs ../shared/data/omniglot')
+  overrides = dict(mask='meta_pruner', meta_pruner_hidden_sizes=(8,), meta_pruner_embed_dim=4,
+                   target_sparsity=0.5, harden_at_fraction=0.5)
+  config = _tiny_sequence(**overrides) if task == 'sequence' else _tiny_strokes(tmp_path, algorithm='protonet',
+                                                                                **overrides)
+  summary = train.run(config, str(tmp_path / 'run'))
+  analysis = summary['meta_pruner']
+  assert analysis['num_tasks'] == config.eval_num_tasks
+  # Each task's mask is hardened to at least the target; 6 hidden-unit gates (strokes) cannot hit it exactly.
+  assert 0.5 <= analysis['realised_sparsity']['min']
+  assert analysis['realised_sparsity']['max'] < (0.55 if task == 'sequence' else 0.8)
+  if task == 'strokes':  # Unit gates: every weight a removed unit takes with it is counted, per layer.
+    assert any('recurrent_kernel' in name for name in analysis['per_layer_sparsity'])
+  metric = 'sparse' if task == 'sequence' else 'sparse/accuracy'
+  assert all(np.isfinite(row['mean']) for rows in summary['eval'][metric].values() for row in rows.values())

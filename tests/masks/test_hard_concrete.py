@@ -197,6 +197,38 @@ def test_coupled_realised_sparsity_counts_what_is_gone():
   assert hard_concrete.unit_sparsity(hard_concrete.init_gate_logits(params, 'weight'), HC) is None
 
 
+@pytest.mark.parametrize('granularity', ['hidden_unit', 'weight+hidden_unit'])
+def test_pruned_per_leaf_counts_what_each_layer_loses(granularity):
+  params = _rnn_params('lstm')
+  logits = hard_concrete.init_gate_logits(params, hard_concrete.default_granularity(granularity))
+  logits = jax.tree.map(lambda la: jnp.where(jax.random.uniform(jax.random.key(la.size + 1), la.shape) < 0.4,
+                                             -10.0, 10.0), logits)
+  gates = hard_concrete.deterministic_gates(logits, HC)
+  keep = _effective_keep(params, gates)
+  pruned = hard_concrete.pruned_per_leaf(params, gates)
+  for leaf in ('input_kernel', 'recurrent_kernel'):
+    assert int(pruned[leaf]) == int(jnp.sum(keep[leaf] == 0))
+  assert int(pruned['readout']['kernel']) == int(jnp.sum(keep['readout']['kernel'] == 0))
+  counted = sum(int(x) for x in jax.tree.leaves(pruned))
+  test_utils.assert_close(counted / hard_concrete.num_gated_weights(params, logits),
+                          hard_concrete.realised_sparsity(params, logits, HC))
+  stacked = jax.tree.map(lambda g: jnp.stack([g, jnp.ones_like(g)]), gates)  # Task 2 keeps everything.
+  per_task = jax.vmap(lambda g: hard_concrete.pruned_per_leaf(params, g))(stacked)
+  assert int(per_task['recurrent_kernel'][0]) == int(pruned['recurrent_kernel'])
+  assert all(int(x[1]) == 0 for x in jax.tree.leaves(per_task))
+
+
+def test_pruned_per_leaf_counts_structured_groups():
+  params = _params()
+  logits = hard_concrete.init_gate_logits(params, 'out_unit')
+  logits = jax.tree.map(lambda la: la.at[..., :2].set(-10.0), logits)
+  pruned = hard_concrete.pruned_per_leaf(params, hard_concrete.deterministic_gates(logits, HC))
+  for layer, leaf in params.items():
+    if pruned[layer]['kernel'] is not None:
+      assert int(pruned[layer]['kernel']) == 2 * leaf['kernel'].shape[0]
+  assert all(pruned[layer].get('bias') is None for layer in params)
+
+
 @pytest.mark.parametrize('granularity,target', [('hidden_unit', 0.7), ('weight+hidden_unit', 0.9)])
 def test_coupled_harden_prunes_the_fewest_gates_that_reach_the_target(granularity, target):
   params = _rnn_params('lstm', hidden=8)
