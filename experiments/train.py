@@ -249,6 +249,8 @@ def train(config, workdir: str, problem: problems.Problem):
                                      learner=learner, gate_density=density)
   hc = _hc(config)
   num_steps = int(config.num_outer_steps)
+  # A meta-pruner's tasks each harden their own mask; the progress line can only afford the base logits' one.
+  realised_label = 'realised (base logits)' if config.mask == 'meta_pruner' else 'realised'
   start = int(state.step)
   timings = {'compile_seconds': 0.0, 'train_seconds': 0.0, 'start_step': start}
   if start >= num_steps:
@@ -282,10 +284,11 @@ def train(config, workdir: str, problem: problems.Problem):
         events.write(step, {k: v for k, v in record.items() if k != 'step' and math.isfinite(v)})
         eta = (num_steps - step) / rate if math.isfinite(rate) and rate > 0 else float('nan')
         logging.info('step %d/%d | %.0f steps/s | ETA %s | outer loss %.4f | query %s %.4f | '
-                     'sparsity expected %.3f realised %.3f | multiplier %.3g',
+                     'sparsity expected %.3f %s %.3f | multiplier %.3g',
                      step, num_steps, rate, _format_duration(eta) if math.isfinite(eta) else '?',
                      host['outer/objective'], 'loss' if problem.metric == 'accuracy' else problem.metric, host['outer/query_loss'],
-                     host['mask/expected_sparsity'], host['mask/realised_sparsity'], host['mask/multiplier'])
+                     host['mask/expected_sparsity'], realised_label, host['mask/realised_sparsity'],
+                     host['mask/multiplier'])
       if step % config.checkpoint_every_steps == 0 or is_last:
         guard.check(last_checkpoint)  # Never checkpoint a non-finite state.
         last_checkpoint = checkpoint.save(state, workdir, keep=int(config.keep_checkpoints),
