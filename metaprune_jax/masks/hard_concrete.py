@@ -272,9 +272,7 @@ def expected_density(params: types.Params, gate_logits: types.GateLogits,
 
 def _num_pruned(params, gates) -> jax.Array:
   """Weights whose survival value is exactly 0 given gate values ``gates`` (unit gates expanded)."""
-  keep = _keep_tree(params, jax.tree.map(lambda z: (z != 0.0).astype(jnp.float32), gates))
-  return sum((jnp.sum(k == 0.0, dtype=jnp.int32) for k in jax.tree.leaves(keep)),
-             jnp.zeros((), jnp.int32)).astype(jnp.float32)
+  return sum(jax.tree.leaves(pruned_per_leaf(params, gates)), jnp.zeros((), jnp.int32)).astype(jnp.float32)
 
 
 def pruned_per_leaf(params: types.Params, gates: types.Masks):
