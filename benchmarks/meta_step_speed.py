@@ -11,7 +11,12 @@ compile (first call) timed separately, then ``--repeats`` rounds in which every
 variant runs ``--steps`` calls (round-robin, so a change in machine load hits
 all variants alike), ``block_until_ready`` at the end of each; medians reported.
 
-Usage: python -m benchmarks.meta_step_speed [--steps=2000 --repeats=7 --first_order]
+``*_K_per_call`` variants run K meta-steps per jitted call (``lax.scan``;
+``make_meta_step(steps_per_call=K)``, ``--config.steps_per_call`` in the
+launcher), the hand-written reference likewise, so per-call dispatch is paid
+once per K steps by both.
+
+Usage: python -m benchmarks.meta_step_speed [--steps=2000 --repeats=7 --first_order --steps_per_call=10]
 """
 
 import json
@@ -36,6 +41,7 @@ from metaprune_jax.tasks import sinusoid
 _STEPS = flags.DEFINE_integer('steps', 2000, 'Meta-steps per timing.')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timings per variant (median reported).')
 _FIRST_ORDER = flags.DEFINE_boolean('first_order', False, 'First-order MAML instead of second order.')
+_STEPS_PER_CALL = flags.DEFINE_integer('steps_per_call', 10, 'K of the *_per_call variants (K meta-steps per call).')
 _GRANULARITY = flags.DEFINE_string('granularity', 'weight', 'Gate granularity of the gated variant.')
 
 META_BATCH, SHOTS, INNER_LR = 25, 10, 0.01
@@ -48,8 +54,15 @@ def _compile(step, state):
   return state, time.perf_counter() - t0
 
 
-def _time_interleaved(variants: dict, steps: int, repeats: int) -> dict:
-  """Compiles every variant, then times them round-robin so load drifts hit all alike."""
+def _time_interleaved(variants: dict, steps: int, repeats: int, per_call: dict | None = None,
+                      extra: dict | None = None) -> dict:
+  """Compiles every variant, then times them round-robin so load drifts hit all alike.
+
+  ``per_call[name] = K``: that variant's step runs K meta-steps per call, so it
+  is called ``steps / K`` times per timing; rates are always meta-steps/s.
+  """
+  variants = {**variants, **(extra or {})}
+  per_call = per_call or {}
   states, compile_seconds, rates = {}, {}, {name: [] for name in variants}
   for name, (step, state) in variants.items():
     states[name], compile_seconds[name] = _compile(step, state)
@@ -57,7 +70,7 @@ def _time_interleaved(variants: dict, steps: int, repeats: int) -> dict:
     for name, (step, _) in variants.items():
       state = states[name]
       t0 = time.perf_counter()
-      for _ in range(steps):
+      for _ in range(steps // per_call.get(name, 1)):
         state, out = step(state)
       jax.block_until_ready((state, out))
       rates[name].append(steps / (time.perf_counter() - t0))
@@ -68,7 +81,8 @@ def _time_interleaved(variants: dict, steps: int, repeats: int) -> dict:
                  'ms_per_step_median': round(1e3 / statistics.median(rates[name]), 4)} for name in variants}
 
 
-def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool = False, scope: str = 'task'):
+def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool = False, scope: str = 'task',
+             steps_per_call: int = 1):
   model = mlp.make_mlp((40, 40), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   gates = hard_concrete.init_gate_logits(params, granularity) if gated else None
@@ -78,11 +92,12 @@ def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool
   step = meta_step.make_meta_step(sampler, losses.mse_loss(model.apply), optimizer, meta_batch_size=META_BATCH,
                                   settings=maml.InnerSettings(inner_lr=INNER_LR, first_order=first_order,
                                                               python_loop=python_loop,
-                                                              gate_sample_scope=scope))
+                                                              gate_sample_scope=scope),
+                                  steps_per_call=steps_per_call)
   return step, state
 
 
-def _hand_written(first_order: bool):
+def _hand_written(first_order: bool, steps_per_call: int = 1):
   """The smallest honest jit+vmap MAML: plain dict MLP, one inner step, Adam."""
   keys = jax.random.split(jax.random.key(0), 3)
   params = {'w0': jax.random.normal(keys[0], (1, 40)), 'b0': jnp.zeros(40),
@@ -103,10 +118,10 @@ def _hand_written(first_order: bool):
       g = jax.lax.stop_gradient(g)
     return loss(jax.tree.map(lambda a, b: a - INNER_LR * b, p, g), xq, yq)
 
-  return plain_maml_step(task_loss, params)
+  return plain_maml_step(task_loss, params, steps_per_call)
 
 
-def plain_maml_step(task_loss, params):
+def plain_maml_step(task_loss, params, steps_per_call: int = 1):
   """A jitted Adam meta-step over ``task_loss(p, xs, ys, xq, yq)`` with tasks sampled inside; and its state."""
   optimizer = optax.adam(1e-3)
 
@@ -119,12 +134,24 @@ def plain_maml_step(task_loss, params):
     updates, opt_state = optimizer.update(grads, opt_state, p)
     return (optax.apply_updates(p, updates), opt_state, key), value
 
-  return jax.jit(step, donate_argnums=0), (params, optimizer.init(params), jax.random.key(1))
+  state = (params, optimizer.init(params), jax.random.key(1))
+  if steps_per_call == 1:
+    return jax.jit(step, donate_argnums=0), state
+  return jax.jit(lambda s: jax.lax.scan(lambda c, _: step(c), s, None, length=steps_per_call),
+                 donate_argnums=0), state
 
 
 def main(argv):
   del argv
-  steps, repeats, first_order = _STEPS.value, _REPEATS.value, _FIRST_ORDER.value
+  steps, repeats, first_order, k = _STEPS.value, _REPEATS.value, _FIRST_ORDER.value, _STEPS_PER_CALL.value
+  if steps % k:
+    raise ValueError(f'--steps={steps} must be a multiple of --steps_per_call={k}.')
+  per_call = {  # (step, state, meta-steps per call)
+      f'hand_written_reference_{k}_per_call': _hand_written(first_order, k),
+      f'library_dense_python_loop_{k}_per_call': _library(False, first_order, _GRANULARITY.value, python_loop=True,
+                                                           steps_per_call=k),
+      f'library_gated_{k}_per_call': _library(True, first_order, _GRANULARITY.value, steps_per_call=k),
+  }
   results = _time_interleaved({
       'hand_written_reference': _hand_written(first_order),
       'library_dense': _library(False, first_order, _GRANULARITY.value),
@@ -132,7 +159,13 @@ def main(argv):
       'library_dense_python_loop': _library(False, first_order, _GRANULARITY.value, python_loop=True),
       'library_gated_python_loop': _library(True, first_order, _GRANULARITY.value, python_loop=True),
       'library_gated_batch_sample': _library(True, first_order, _GRANULARITY.value, scope='batch'),
-  }, steps, repeats)
+  }, steps, repeats, per_call={name: k for name in per_call}, extra=per_call)
+  results[f'gated_over_dense_time_{k}_per_call'] = round(
+      results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median']
+      / results[f'library_gated_{k}_per_call']['steps_per_sec_median'], 3)
+  results[f'dense_over_reference_time_{k}_per_call'] = round(
+      results[f'hand_written_reference_{k}_per_call']['steps_per_sec_median']
+      / results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median'], 3)
   results['gated_batch_sample_over_dense_time'] = round(
       results['library_dense']['steps_per_sec_median']
       / results['library_gated_batch_sample']['steps_per_sec_median'], 3)
@@ -147,7 +180,7 @@ def main(argv):
       'benchmark': 'sinusoid_meta_step_speed',
       'config': {'hidden': [40, 40], 'meta_batch_size': META_BATCH, 'shots': SHOTS, 'inner_steps': 1,
                  'second_order': not first_order, 'gate_granularity': _GRANULARITY.value,
-                 'steps_per_timing': steps, 'repeats': repeats},
+                 'steps_per_timing': steps, 'repeats': repeats, 'steps_per_call_variants': k},
       'load_average': list(os.getloadavg()),
       'machine': {'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
                   'jax': jax.__version__, 'python': platform.python_version(), 'processor': platform.processor()},

@@ -15,7 +15,11 @@ sweep of tiny runs is made of. On a CPU the forced "devices" share the host's
 cores, so this checks for sharding overhead, not for speed-up; on GPUs/TPUs run
 with ``--num_devices`` equal to the local device count (no forced devices).
 
-Usage: python -m benchmarks.multi_device [--num_devices=4 --steps=200 --repeats=5]
+``--steps_per_call=K`` runs K meta-steps per jitted call in every setting (the
+launcher's ``--config.steps_per_call``), so the per-call cost of dispatching
+N device programs is paid once per K steps.
+
+Usage: python -m benchmarks.multi_device [--num_devices=4 --steps=200 --repeats=5 --steps_per_call=1]
 """
 
 import json
@@ -33,6 +37,7 @@ from absl import flags
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 4, 'Forced host devices of the sharded setting.')
 _STEPS = flags.DEFINE_integer('steps', 200, 'Meta-steps per timing.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timings per model (median reported).')
+_STEPS_PER_CALL = flags.DEFINE_integer('steps_per_call', 1, 'Meta-steps per jitted call (lax.scan), every setting.')
 _CHILD = flags.DEFINE_string('child', None, 'Internal: run one setting in this process (mesh size).')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +46,7 @@ MODELS = {'paper_2x40_batch24': {'hidden_sizes': (40, 40), 'meta_batch_size': 24
           'smoke_2x8_batch8': {'meta_batch_size': 8}}
 
 
-def _child(mesh_devices: int, steps: int, repeats: int) -> dict:
+def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import problems  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
@@ -59,7 +64,8 @@ def _child(mesh_devices: int, steps: int, repeats: int) -> dict:
     state = sharding.replicate(state, mesh)
     step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
                                        meta_batch_size=config.meta_batch_size, settings=train.inner_settings(config),
-                                       objective=train._objective(config), mesh=mesh)  # pylint: disable=protected-access
+                                       objective=train._objective(config), mesh=mesh,  # pylint: disable=protected-access
+                                       steps_per_call=steps_per_call)
     t0 = time.perf_counter()
     state, metrics = step_fn(state)
     jax.block_until_ready(metrics)
@@ -67,7 +73,7 @@ def _child(mesh_devices: int, steps: int, repeats: int) -> dict:
     rates = []
     for _ in range(repeats):
       t0 = time.perf_counter()
-      for _ in range(steps):
+      for _ in range(steps // steps_per_call):
         state, metrics = step_fn(state)
       jax.block_until_ready((state, metrics))
       rates.append(steps / (time.perf_counter() - t0))
@@ -76,6 +82,7 @@ def _child(mesh_devices: int, steps: int, repeats: int) -> dict:
                            'steps_per_sec_all': [round(r, 1) for r in rates]}
   config = smoke.get_config()
   config.meta_batch_size, config.num_devices, config.tensorboard = 8, mesh_devices, False
+  config.steps_per_call = steps_per_call
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.perf_counter()
     summary = train.run(config, workdir)
@@ -93,7 +100,8 @@ def _spawn(forced_devices: int | None, mesh_devices: int) -> dict:
                         '--xla_cpu_collective_call_terminate_timeout_seconds=20')
   for attempt in range(1, 6):  # See tests/meta/test_sharding.py: simulated devices > cores can starve.
     result = subprocess.run([sys.executable, '-m', 'benchmarks.multi_device', f'--child={mesh_devices}',
-                             f'--steps={_STEPS.value}', f'--repeats={_REPEATS.value}'], cwd=ROOT, env=env,
+                             f'--steps={_STEPS.value}', f'--repeats={_REPEATS.value}',
+                             f'--steps_per_call={_STEPS_PER_CALL.value}'], cwd=ROOT, env=env,
                             capture_output=True, text=True, check=False)
     if result.returncode == 0 or 'Termination timeout for `all reduce' not in result.stderr:
       break
@@ -106,9 +114,11 @@ def _spawn(forced_devices: int | None, mesh_devices: int) -> dict:
 def main(argv):
   del argv
   if _CHILD.value is not None:
-    print(json.dumps(_child(int(_CHILD.value), _STEPS.value, _REPEATS.value)))
+    print(json.dumps(_child(int(_CHILD.value), _STEPS.value, _REPEATS.value, _STEPS_PER_CALL.value)))
     return
   n = _NUM_DEVICES.value
+  if _STEPS.value % _STEPS_PER_CALL.value:
+    raise ValueError(f'--steps={_STEPS.value} must be a multiple of --steps_per_call={_STEPS_PER_CALL.value}.')
   settings = {'1_device': _spawn(None, 1), f'{n}_devices_unsharded': _spawn(n, 1),
               f'{n}_devices_sharded': _spawn(n, n)}
   ratios = {name: round(settings[f'{n}_devices_sharded']['models'][name]['steps_per_sec_median']
@@ -116,6 +126,7 @@ def main(argv):
   print(json.dumps({'benchmark': 'multi_device', 'platform': 'cpu (forced host devices)',
                     'machine': platform.processor() or platform.machine(), 'cpu_count': os.cpu_count(),
                     'load_avg_1min': os.getloadavg()[0], 'steps': _STEPS.value, 'repeats': _REPEATS.value,
+                    'steps_per_call': _STEPS_PER_CALL.value,
                     'sharded_over_1_device_throughput': ratios,
                     'tiny_run_wall_ratio_sharded_over_1': round(
                         settings[f'{n}_devices_sharded']['tiny_run']['wall_seconds']

@@ -12,6 +12,8 @@ shared: the JSON records the load average before and after.
 Run::
 
   python -m benchmarks.omniglot_step_speed [--steps=10] [--variants=dense,gated] [--algorithm=maml]
+  # ProtoNet training step as in WORKSPACE.md (one 20-way 1-shot episode, 5 queries per class):
+  python -m benchmarks.omniglot_step_speed --algorithm=protonet --meta_batch_size=1 --ways=20 --queries=5
 """
 
 import json
@@ -32,15 +34,18 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed meta-steps (median reported).'
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 _VARIANTS = flags.DEFINE_string('variants', 'dense,gated', 'Comma-separated subset of dense,gated.')
 _ALGORITHM = flags.DEFINE_string('algorithm', 'maml', 'Learner (meta.learners.LEARNERS).')
+_WAYS = flags.DEFINE_integer('ways', 5, 'Classes per episode.')
+_QUERIES = flags.DEFINE_integer('queries', 1, 'Query images per class.')
 _META_BATCH_SIZE = flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-step.')
 _CHUNK = flags.DEFINE_integer('task_chunk_size', 0, '> 0: lax.map over chunks of this many vmapped tasks.')
-_METHOD = flags.DEFINE_string('conv_method', 'auto', "Conv-4 formulation: 'auto', 'patches' or 'conv'.")
+_METHOD = flags.DEFINE_string('conv_method', 'auto', "Conv-4 formulation: 'auto' (experiments.problems.conv_method), "
+                              "'patches' or 'conv'.")
 _PYTHON_LOOP = flags.DEFINE_bool('inner_python_loop', True, 'Unroll the inner step in Python (else lax.scan).')
 
 
 def bench_config(variant: str):
   config = omniglot_config.get_config()
-  config.ways, config.shots, config.queries = 5, 1, 1
+  config.ways, config.shots, config.queries = _WAYS.value, 1, _QUERIES.value
   config.conv_width, config.conv_depth = 64, 4
   config.meta_batch_size = _META_BATCH_SIZE.value
   config.num_inner_steps, config.first_order = 1, False
@@ -77,7 +82,7 @@ def bench(variant: str) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  return {'compile_s': round(compile_s, 2), 'median_step_s': round(median, 4),
+  return {'conv_method_used': problems.conv_method(config), 'compile_s': round(compile_s, 2), 'median_step_s': round(median, 4),
           'meta_steps_per_s': round(1.0 / median, 3), 'timed_steps': len(times),
           'xla_gflop_per_step': round(flop / 1e9, 2), 'gflop_per_s': round(flop / 1e9 / median, 1),
           'final_query_loss': float(metrics['outer/query_loss'])}
@@ -85,8 +90,8 @@ def bench(variant: str) -> dict:
 
 def main(argv):
   del argv
-  results = {'config': {'ways': 5, 'shots': 1, 'queries_per_class': 1, 'image': [28, 28, 1], 'width': 64,
-                        'depth': 4, 'meta_batch_size': _META_BATCH_SIZE.value, 'inner_steps': 1,
+  results = {'config': {'ways': _WAYS.value, 'shots': 1, 'queries_per_class': _QUERIES.value,
+                        'image': [28, 28, 1], 'width': 64, 'depth': 4, 'meta_batch_size': _META_BATCH_SIZE.value, 'inner_steps': 1,
                         'second_order': True, 'algorithm': _ALGORITHM.value,
                         'inner_python_loop': _PYTHON_LOOP.value, 'task_chunk_size': _CHUNK.value,
                         'conv_method': _METHOD.value},

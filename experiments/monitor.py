@@ -36,7 +36,8 @@ class NonfiniteGuard:
     self._first_step: int | None = None
 
   def record(self, step: int, metrics: dict) -> None:
-    """Keeps step ``step``'s flag (a device scalar; nothing is transferred)."""
+    """Keeps the flag of step ``step`` (a device scalar), or of steps ``step, step + 1, ...`` (a ``[K]``
+    vector from a K-steps-per-call step); nothing is transferred. Calls must come in step order."""
     if not self._flags:
       self._first_step = step
     self._flags.append(metrics['outer/nonfinite'])
@@ -45,7 +46,10 @@ class NonfiniteGuard:
     """Reads every flag recorded since the last check in one transfer."""
     if not self._flags:
       return
-    flags = np.asarray(jax.device_get(jnp.stack(self._flags)))
+    if len({f.shape for f in self._flags}) == 1:  # One transfer.
+      flags = np.ravel(jax.device_get(jnp.stack(self._flags)))
+    else:
+      flags = np.concatenate([np.ravel(f) for f in jax.device_get(self._flags)])
     first, self._flags = self._first_step, []
     bad = np.flatnonzero(flags > 0)
     if not bad.size:

@@ -20,6 +20,7 @@ DEFAULTS = {
     'distributed': False,  # Call jax.distributed.initialize() first (multi-host TPU pods, SLURM GPU clusters).
     'nonfinite': 'stop',   # 'stop': end the run naming the step; 'skip': drop the update and count it.
     'tensorboard': True,   # TensorBoard event files in workdir/tensorboard when tensorboardX is installed.
+    'steps_per_call': 1,   # Meta-steps per jitted call (a lax.scan); 1 near log / checkpoint lines.
 }
 
 
@@ -75,6 +76,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if num_devices > 1 and int(config.meta_batch_size) % num_devices:
     _fail('num_devices', num_devices, f'must divide --config.meta_batch_size={config.meta_batch_size} (the task '
           'batch is split evenly across devices)')
+  steps_per_call = get(config, 'steps_per_call')
+  if not isinstance(steps_per_call, int) or isinstance(steps_per_call, bool) or steps_per_call < 1:
+    _fail('steps_per_call', steps_per_call, 'must be a positive integer (1 = one jitted call per meta-step)')
   if get(config, 'nonfinite') not in guards.NONFINITE_MODES:
     _fail('nonfinite', get(config, 'nonfinite'), f'use one of {guards.NONFINITE_MODES}')
   for field in ('distributed', 'tensorboard', 'first_order', 'adapt_gates', 'dense_reference'):

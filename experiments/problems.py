@@ -107,6 +107,26 @@ def _check_episodes(images, ways, shots, queries, ways_field, shots_field, queri
                    f'{num_drawers} drawers per character (support and query images are distinct)')
 
 
+def conv_method(config: ml_collections.ConfigDict) -> str:
+  """The Conv-4 formulation the launcher uses: ``config.conv_method`` with ``'auto'`` resolved.
+
+  On CPU, ``'auto'`` picks ``'conv'`` (XLA:CPU's native convolution, ~1.6x faster
+  than ``'patches'`` for a 20-way ProtoNet step) when every task of a vmapped
+  call computes with the same weights, and ``'patches'`` when they differ per
+  task (adapted MAML copies, per-task gate samples or per-task meta-pruner masks),
+  where ``vmap`` would turn ``'conv'`` into a slow grouped convolution. Weights
+  are shared across tasks for prototypical networks that are dense, draw one gate
+  sample per meta-step (``gate_sample_scope='batch'``), or run one task per
+  meta-step; evaluation then uses the deterministic gates, shared too.
+  """
+  method = conv.resolve_method(config.conv_method)
+  if config.conv_method != 'auto' or jax.default_backend() != 'cpu':
+    return method
+  shared_weights = config.algorithm == 'protonet' and config.mask != 'meta_pruner' and (
+      config.mask == 'none' or int(config.meta_batch_size) == 1 or config.gate_sample_scope == 'batch')
+  return 'conv' if shared_weights else method
+
+
 def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
   """N-way K-shot Omniglot with a gated Conv-4; every size is checked before anything compiles."""
   for field in ('ways', 'shots', 'queries', 'image_size', 'conv_width', 'conv_depth', 'eval_chunk_size'):
@@ -130,7 +150,7 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     if config.algorithm != 'protonet' and int(eval_ways) != ways:
       raise _invalid('eval_ways', tuple(config.eval_ways), f'{config.algorithm} has a {ways}-way head; only '
                      f'protonet evaluates at other ways than --config.ways={ways}')
-  method = config.conv_method
+  method = conv_method(config)
   train_images, eval_images = jax.device_put(train_images), jax.device_put(eval_images)
 
   def as_float(tasks):

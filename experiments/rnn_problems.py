@@ -70,10 +70,17 @@ def sequence_problem(config: ml_collections.ConfigDict) -> problems.Problem:
 
 
 @functools.lru_cache(maxsize=4)
-def _stroke_splits(data_dir: str, cache_dir: str, num_points: int, split_seed: int):
-  """Decoded (cached on disk and in memory) character-disjoint splits, on device."""
+def _stroke_splits(data_dir: str, cache_dir: str, num_points: int, split_seed: int,
+                   train_rotations: tuple[int, ...] = ()):
+  """Decoded (cached on disk and in memory) character-disjoint splits, on device.
+
+  ``train_rotations`` adds rotated copies of the meta-training characters as
+  extra classes; evaluation splits stay unrotated.
+  """
   data = strokes_data.load_strokes(data_dir, num_points=num_points, cache_dir=cache_dir or None)
   splits = strokes_data.split_characters(data, seed=split_seed)
+  if train_rotations:
+    splits['train'] = strokes_data.rotate_drawings(splits['train'], train_rotations)
   return {name: (jax.device_put(np.asarray(part.drawings, np.float32)), part.names)
           for name, part in splits.items()}
 
@@ -84,13 +91,18 @@ def strokes_problem(config: ml_collections.ConfigDict) -> problems.Problem:
   LSTM/GRU encoder over ``(dx, dy, pen_up)`` sequences; the readout of the final
   hidden state is the ``ways``-way linear classifier head (``head_keys``);
   ``embed_fn`` is the final hidden state. Meta-training episodes come from the
-  ``'train'`` characters, evaluation episodes from ``config.eval_split``
+  ``'train'`` characters (plus their ``config.train_rotations`` copies as extra
+  classes), evaluation episodes from the unrotated ``config.eval_split``
   (``'test'`` by default); the splits are disjoint by character.
   """
   _check_rnn_config(config)
   _require(int(config.ways) >= 2, 'ways', config.ways, 'needs at least 2 classes per episode')
   _require(config.eval_split in ('val', 'test'), 'eval_split', config.eval_split, "use 'val' or 'test'")
-  splits = _stroke_splits(config.data_dir, config.cache_dir, int(config.num_points), int(config.split_seed))
+  rotations = tuple(int(d) for d in config.train_rotations)
+  _require(set(rotations) <= set(strokes_data.ROTATIONS) and len(set(rotations)) == len(rotations),
+           'train_rotations', rotations, f'use distinct values among {strokes_data.ROTATIONS}, or ()')
+  splits = _stroke_splits(config.data_dir, config.cache_dir, int(config.num_points), int(config.split_seed),
+                          rotations)
   train_drawings, eval_drawings = splits['train'][0], splits[config.eval_split][0]
   ways = int(config.ways)
   for split, drawings in (('train', train_drawings), (config.eval_split, eval_drawings)):

@@ -242,13 +242,21 @@ def train(config, workdir: str, problem: problems.Problem):
   guard = monitor.NonfiniteGuard(ops_config.get(config, 'nonfinite'), host_counters.get('skipped_steps', 0))
   events = monitor.EventWriter(os.path.join(workdir, 'tensorboard'), ops_config.get(config, 'tensorboard'),
                                purge_step=int(state.step) + 1 if restored is not None else None)
-  step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
-                                     meta_batch_size=int(config.meta_batch_size),
-                                     settings=inner_settings(config), objective=_objective(config),
-                                     harden_step=harden_step(config), nonfinite=guard.mode, mesh=mesh,
-                                     learner=learner, gate_density=density)
+  step_kwargs = dict(meta_batch_size=int(config.meta_batch_size), settings=inner_settings(config),
+                     objective=_objective(config), harden_step=harden_step(config), nonfinite=guard.mode, mesh=mesh,
+                     learner=learner, gate_density=density)
+  steps_per_call = int(ops_config.get(config, 'steps_per_call'))
+  step_fns = {}  # Built on first use: K steps per call, and 1 where a log / checkpoint line is nearer than K.
+
+  def step_fn(count):
+    if count not in step_fns:
+      step_fns[count] = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
+                                                 steps_per_call=count, **step_kwargs)
+    return step_fns[count]
+
   hc = _hc(config)
   num_steps = int(config.num_outer_steps)
+  log_every, checkpoint_every = int(config.log_every_steps), int(config.checkpoint_every_steps)
   # A meta-pruner's tasks each harden their own mask; the progress line can only afford the base logits' one.
   realised_label = 'realised (base logits)' if config.mask == 'meta_pruner' else 'realised'
   start = int(state.step)
@@ -256,22 +264,31 @@ def train(config, workdir: str, problem: problems.Problem):
   if start >= num_steps:
     return state, timings
 
+  def run_call(state, done):
+    """One jitted call from step ``done``: K steps, or 1 where a log / checkpoint line or the end is nearer.
+
+    Returns the metrics as the step function gave them (each ``[K]`` for K steps);
+    the guard records every step's flag.
+    """
+    boundary = min(num_steps, (done // log_every + 1) * log_every, (done // checkpoint_every + 1) * checkpoint_every)
+    count = steps_per_call if boundary - done >= steps_per_call else 1
+    state, metrics = step_fn(count)(state)
+    guard.record(done + 1, metrics)
+    return state, metrics, done + count
+
   t0 = time.perf_counter()
-  state, metrics = step_fn(state)
+  state, metrics, step = run_call(state, start)
   jax.block_until_ready(metrics)
   timings['compile_seconds'] = time.perf_counter() - t0
-  last_time, last_step = time.perf_counter(), start + 1
+  last_time, last_step = time.perf_counter(), step
   train_start = last_time
   last_checkpoint = checkpoint.list_checkpoints(workdir)[-1][1] if restored is not None else None
   with open(metrics_path if jax.process_index() == 0 else os.devnull, 'a') as log_file:
-    for step in range(start + 1, num_steps + 1):
-      if step > start + 1:
-        state, metrics = step_fn(state)
-      guard.record(step, metrics)
+    while True:
       is_last = step == num_steps
-      if step % config.log_every_steps == 0 or is_last:
+      if step % log_every == 0 or is_last:
         guard.check(last_checkpoint)
-        host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'outer/nonfinite'}
+        host = {k: float(np.ravel(v)[-1]) for k, v in jax.device_get(metrics).items() if k != 'outer/nonfinite'}
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else float('nan')
         last_time, last_step = now, step
@@ -289,10 +306,13 @@ def train(config, workdir: str, problem: problems.Problem):
                      host['outer/objective'], 'loss' if problem.metric == 'accuracy' else problem.metric, host['outer/query_loss'],
                      host['mask/expected_sparsity'], realised_label, host['mask/realised_sparsity'],
                      host['mask/multiplier'])
-      if step % config.checkpoint_every_steps == 0 or is_last:
+      if step % checkpoint_every == 0 or is_last:
         guard.check(last_checkpoint)  # Never checkpoint a non-finite state.
         last_checkpoint = checkpoint.save(state, workdir, keep=int(config.keep_checkpoints),
                                           host={'skipped_steps': guard.skipped_steps})
+      if is_last:
+        break
+      state, metrics, step = run_call(state, step)
   events.close()
   timings['train_seconds'] = time.perf_counter() - train_start
   timings['skipped_steps'] = guard.skipped_steps

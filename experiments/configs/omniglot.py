@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model: Conv-4.
   config.conv_width = 64
   config.conv_depth = 4
-  config.conv_method = 'auto'    # 'auto', 'patches' (im2col + batched matmul) or 'conv'.
+  config.conv_method = 'auto'    # 'auto' (problems.conv_method), 'patches' (im2col + batched matmul) or 'conv'.
 
   # Meta-learning.
   config.algorithm = 'maml'      # maml, fomaml, anil, metasgd, reptile, protonet.
@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.meta_batch_size = 32
   config.num_outer_steps = 20_000
   config.outer_lr = 1e-3
+  config.outer_lr_schedule = 'constant'  # 'constant' or 'cosine' (decays to outer_lr_final_scale * outer_lr).
+  config.outer_lr_final_scale = 0.0
   config.grad_clip_norm = 0.0
   config.inner_lr = 0.4
   config.num_inner_steps = 1
@@ -110,4 +112,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
+  config.tensorboard = True      # Event files in workdir/tensorboard (needs tensorboardX).
+
+  # Run machinery (experiments/ops_config.py).
+  config.num_devices = 1         # Shard the task batch over this many devices; 0 = all.
+  config.distributed = False     # jax.distributed.initialize() first (multi-host).
+  config.nonfinite = 'stop'      # Non-finite loss/gradients: 'stop' the run or 'skip' the update.
+  config.steps_per_call = 1      # Meta-steps per jitted call (lax.scan).
   return config

@@ -101,4 +101,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_devices = 1           # Shard the task batch over this many devices; 0 = all.
   config.distributed = False       # jax.distributed.initialize() first (multi-host).
   config.nonfinite = 'stop'        # Non-finite loss/gradients: 'stop' the run or 'skip' the update.
+  config.steps_per_call = 1        # Meta-steps per jitted call (lax.scan); fewer dispatches for tiny steps.
   return config

@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_points = 32         # Resampled sequence length (64 costs 2x per step).
   config.split_seed = 0          # Character split (train / val / test = 0.7 / 0.15 / 0.15).
   config.eval_split = 'test'     # 'val' or 'test'.
+  config.train_rotations = ()    # e.g. (90, 180, 270): rotated training characters as extra classes.
   config.ways = 5
   config.num_shots = 1           # K support drawings per class.
   config.num_query = 5           # Query drawings per class (meta-training).

@@ -233,6 +233,38 @@ def load_strokes(data_dir: str, *, num_points: int = 64,
   return data
 
 
+ROTATIONS = (90, 180, 270)
+
+
+def rotate_drawings(data: Strokes, degrees=ROTATIONS) -> Strokes:
+  """Adds every character rotated by ``degrees`` as new classes (MAML-style augmentation).
+
+  Rotating the pen positions by a multiple of 90 degrees is exact on the features:
+  ``(dx, dy)`` are a linear function of the normalised positions (first position,
+  then differences), and the bounding-box normalisation is invariant to it, so
+  ``(dx, dy) -> R (dx, dy)`` and ``pen_up`` is unchanged. Apply after
+  ``split_characters`` so a rotated copy stays on its character's side.
+
+  Args:
+    data: ``Strokes`` with ``drawings`` ``[classes, drawers, num_points, 3]``.
+    degrees: distinct values among ``(90, 180, 270)``, counterclockwise.
+
+  Returns:
+    ``Strokes`` with ``classes * (1 + len(degrees))`` classes: the originals, then
+    all of them rotated by ``degrees[0]``, and so on; names get ``'@<degrees>'``.
+  """
+  degrees = tuple(int(d) for d in degrees)
+  if any(d not in ROTATIONS for d in degrees) or len(set(degrees)) != len(degrees):
+    raise ValueError(f'rotations must be distinct values among {ROTATIONS}, got {degrees}.')
+  drawings, names = [data.drawings], list(data.names)
+  for d in degrees:
+    cos, sin = np.round(np.cos(np.deg2rad(d))), np.round(np.sin(np.deg2rad(d)))
+    dx, dy, pen_up = data.drawings[..., 0], data.drawings[..., 1], data.drawings[..., 2]
+    drawings.append(np.stack([cos * dx - sin * dy, sin * dx + cos * dy, pen_up], -1).astype(np.float32))
+    names += [f'{name}@{d}' for name in data.names]
+  return Strokes(np.concatenate(drawings), tuple(names))
+
+
 def split_characters(data: Strokes, *, seed: int, val_fraction: float = 0.15,
                      test_fraction: float = 0.15) -> dict[str, Strokes]:
   """Splits classes (characters) into disjoint meta-train / val / test sets.

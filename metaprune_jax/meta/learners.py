@@ -23,7 +23,8 @@ in ``'sample'``) and fixed masks. Meta-parameters are a dict
 Algorithms (``LEARNERS``):
 
 * ``maml``: second-order MAML (``settings.first_order`` still switches it);
-  the exact code path of ``maml.batch_query_loss``.
+  the same computation as ``maml.batch_query_loss`` (both batch through
+  ``maml.mean_over_tasks``).
 * ``fomaml``: MAML with ``first_order=True``.
 * ``anil``: the inner loop adapts only ``head_keys`` (Raghu et al. 2020); the
   body is shared, and the outer gradient still reaches it.
@@ -37,7 +38,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from metaprune_jax import types
 from metaprune_jax.meta import maml
@@ -60,27 +60,12 @@ def no_extra(params, settings) -> dict:
 
 
 def batch_mean(task_loss: Callable) -> Callable:
-  """``batch_loss`` from ``task_loss``: gate noise drawn in one call (per task or shared), ``vmap`` over tasks."""
+  """``batch_loss`` from ``task_loss``: ``maml.mean_over_tasks`` (gate noise per task or shared, vmap, chunks)."""
   def batch_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *, settings: maml.InnerSettings,
                  gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
-    noise, noise_axis = maml.batch_gate_noise(meta_params, key, settings, tasks.support_inputs.shape[0],
-                                              gate_mode)
-    per_task = jax.vmap(
-        lambda task, task_noise: task_loss(meta_params, task, task_noise, settings=settings,
-                                           gate_mode=gate_mode, fixed_masks=fixed_masks),
-        in_axes=(0, noise_axis))
-    num_tasks, chunk = tasks.support_inputs.shape[0], settings.task_chunk_size
-    if 0 < chunk < num_tasks:
-      if num_tasks % chunk:
-        raise ValueError(f'task_chunk_size={chunk} must divide the meta-batch size {num_tasks}.')
-      split = lambda x: x.reshape((num_tasks // chunk, chunk) + x.shape[1:])  # pylint: disable=unnecessary-lambda-assignment
-      if noise_axis is None:
-        losses = jax.lax.map(lambda chunk_tasks: per_task(chunk_tasks, noise), jax.tree.map(split, tasks))
-      else:
-        losses = jax.lax.map(lambda args: per_task(*args), jax.tree.map(split, (tasks, noise)))
-    else:
-      losses = per_task(tasks, noise)
-    return jnp.mean(losses)
+    def one_task(mp, task, noise):
+      return task_loss(mp, task, noise, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
+    return maml.mean_over_tasks(one_task, meta_params, tasks, key, settings=settings, gate_mode=gate_mode)
   return batch_loss
 
 
@@ -123,16 +108,7 @@ def adaptive_learner(name: str, loss_fn: maml.LossFn, accuracy_fn: Callable | No
                                     query_metrics(task, loss_fn, accuracy_fn), fixed_masks, adapt_keys)
     return trace
 
-  chunked = batch_mean(task_loss)
-  if name == 'maml':  # Bit-for-bit the original MAML batch loss unless the batch is chunked.
-    plain = functools.partial(maml.batch_query_loss, loss_fn=loss_fn)
-
-    def batch_loss(meta_params, tasks, key, *, settings, gate_mode='sample', fixed_masks=None):
-      fn = chunked if settings.task_chunk_size else plain
-      return fn(meta_params, tasks, key, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
-  else:
-    batch_loss = chunked
-  return Learner(name, task_loss, batch_loss, task_traces, init_extra)
+  return Learner(name, task_loss, batch_mean(task_loss), task_traces, init_extra)
 
 
 @functools.lru_cache(maxsize=64)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
@@ -213,16 +214,49 @@ def query_loss_trace(meta_params, task: types.TaskBatch, *, loss_fn: LossFn, set
   return trace
 
 
+def mean_over_tasks(task_loss: Callable, meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *,
+                    settings: InnerSettings, gate_mode: str = 'sample') -> jax.Array:
+  """Mean of ``task_loss(meta_params, task, noise)`` over a task batch: the one batching path of every learner.
+
+  Gate noise is drawn for the whole batch at once (``batch_gate_noise``: per task,
+  or shared when ``settings.gate_sample_scope='batch'``), then the tasks are
+  ``vmap``ped; with ``0 < settings.task_chunk_size < num_tasks`` a ``lax.map``
+  runs over chunks of that many vmapped tasks (less memory, same mean).
+
+  Args:
+    task_loss: ``(meta_params, task, noise) -> scalar`` for one task (no task axis).
+    meta_params: ``{'params': ..., 'gate_logits': ... or None, ...}``.
+    tasks: ``TaskBatch`` with a leading task axis ``[num_tasks, ...]``.
+    key: gate-noise key (used in ``'sample'`` mode).
+    settings: inner-loop settings (noise scheme, sample scope, chunk size).
+    gate_mode: one of ``GATE_MODES``.
+
+  Raises:
+    ValueError: if the chunk size does not divide the number of tasks.
+  """
+  num_tasks, chunk = tasks.support_inputs.shape[0], settings.task_chunk_size
+  noise, noise_axis = batch_gate_noise(meta_params, key, settings, num_tasks, gate_mode)
+  per_task = jax.vmap(lambda task, task_noise: task_loss(meta_params, task, task_noise), in_axes=(0, noise_axis))
+  if not 0 < chunk < num_tasks:
+    return jnp.mean(per_task(tasks, noise))
+  if num_tasks % chunk:
+    raise ValueError(f'task_chunk_size={chunk} must divide the meta-batch size {num_tasks}.')
+  split = lambda x: x.reshape((num_tasks // chunk, chunk) + x.shape[1:])  # pylint: disable=unnecessary-lambda-assignment
+  if noise_axis is None:
+    losses = lax.map(lambda chunk_tasks: per_task(chunk_tasks, noise), jax.tree.map(split, tasks))
+  else:
+    losses = lax.map(lambda args: per_task(*args), jax.tree.map(split, (tasks, noise)))
+  return jnp.mean(losses)
+
+
 def batch_query_loss(meta_params, tasks: types.TaskBatch, key: types.PRNGKey, *, loss_fn: LossFn,
                      settings: InnerSettings, gate_mode: str = 'sample', fixed_masks=None) -> jax.Array:
-  """Mean query loss over a task batch (``vmap`` over the leading task axis).
+  """Mean MAML query loss over a task batch (``mean_over_tasks`` of ``task_query_loss``).
 
   In ``'sample'`` mode each task gets its own gate noise, drawn for the whole
   batch at once from ``key`` (or one draw for all, ``settings.gate_sample_scope='batch'``).
   """
-  noise, noise_axis = batch_gate_noise(meta_params, key, settings, tasks.support_inputs.shape[0], gate_mode)
-  losses = jax.vmap(
-      lambda task, task_noise: task_query_loss(meta_params, task, None, loss_fn=loss_fn, settings=settings,
-                                               gate_mode=gate_mode, fixed_masks=fixed_masks, noise=task_noise),
-      in_axes=(0, noise_axis))(tasks, noise)
-  return jnp.mean(losses)
+  def task_loss(mp, task, noise):
+    return task_query_loss(mp, task, None, loss_fn=loss_fn, settings=settings, gate_mode=gate_mode,
+                           fixed_masks=fixed_masks, noise=noise)
+  return mean_over_tasks(task_loss, meta_params, tasks, key, settings=settings, gate_mode=gate_mode)

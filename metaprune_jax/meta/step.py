@@ -126,7 +126,8 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
                    donate: bool = True, nonfinite: str = 'stop',
                    mesh: jax.sharding.Mesh | None = None,
                    learner: learners.Learner | None = None,
-                   gate_density: Callable | None = None) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
+                   gate_density: Callable | None = None,
+                   steps_per_call: int = 1) -> Callable[[MetaState], tuple[MetaState, types.Metrics]]:
   """Builds the jitted ``step(state) -> (state, metrics)``.
 
   Inside one ``jax.jit``: split the key, sample ``meta_batch_size`` tasks on
@@ -155,7 +156,15 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
 
   ``mesh`` (``sharding.make_mesh``): the sampled tasks are sharded along the
   mesh's task axis and the state is replicated, inside this same jit.
+
+  ``steps_per_call=K > 1``: the jitted function runs K meta-steps in a
+  ``lax.scan`` (the same step K times, the same numbers as K calls) and returns
+  the metrics stacked, each ``[K]``. One dispatch then serves K steps, which
+  matters when a step takes well under a millisecond (the sinusoid MLP on CPU;
+  ``benchmarks/meta_step_speed.py``).
   """
+  if int(steps_per_call) < 1:
+    raise ValueError(f'steps_per_call must be a positive integer, got {steps_per_call!r}.')
   if nonfinite not in guards.NONFINITE_MODES:
     raise ValueError(f'nonfinite={nonfinite!r} is invalid: use one of {guards.NONFINITE_MODES}.')
   if learner is None:
@@ -231,4 +240,10 @@ def make_meta_step(task_sampler: TaskSampler, loss_fn: maml.LossFn, optimizer: o
       new_state = guards.keep_finite_update(ok, new_state, state)
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=(0,) if donate else (), **sharding.jit_shardings(mesh))
+  jit_kwargs = dict(donate_argnums=(0,) if donate else (), **sharding.jit_shardings(mesh))
+  if steps_per_call == 1:
+    return jax.jit(step, **jit_kwargs)
+
+  def steps(state: MetaState):
+    return jax.lax.scan(lambda carry, _: step(carry), state, None, length=int(steps_per_call))
+  return jax.jit(steps, **jit_kwargs)

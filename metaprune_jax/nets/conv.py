@@ -42,6 +42,9 @@ Formulations of the convolution (``method``):
   from ``jax.default_backend()`` at trace time). The accelerator choice is not
   measured yet: grouped convolutions are native on GPU/TPU, and ``'patches'``
   (plain batched matmuls) is a safe fallback there too.
+  The launcher refines it (``experiments.problems.conv_method``): where every
+  task of a vmapped call uses the same weights (dense prototypical networks, for
+  example) the convolution stays unbatched and ``'conv'`` is faster on CPU too.
 
 Both formulations compute the same function (up to float rounding) with the
 same parameters; see ``benchmarks/conv_formulations.py`` for their speed.

@@ -114,6 +114,37 @@ def test_split_is_disjoint_covering_and_seeded():
     strokes.split_characters(data, seed=0, val_fraction=0.6, test_fraction=0.5)
 
 
+def _rotated_points(points, degrees):
+  angle = np.deg2rad(degrees)
+  rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  return points @ rotation.T
+
+
+@pytest.mark.parametrize('degrees', [90, 180, 270])
+def test_rotated_drawing_equals_drawing_of_rotated_strokes(degrees):
+  rng = np.random.default_rng(degrees)
+  raw = [rng.normal(size=(n, 2)) * (3.0, 1.0) + 5.0 for n in (4, 7, 3)]  # Wide, off-centre strokes.
+  data = strokes.Strokes(strokes.drawing_to_sequence(raw, 16)[None, None], ('A/character01',))
+  rotated = strokes.rotate_drawings(data, (degrees,))
+  assert rotated.names == ('A/character01', f'A/character01@{degrees}')
+  test_utils.assert_equal(rotated.drawings[0], data.drawings[0])
+  # Resampling and normalising the rotated pen samples gives the rotated features.
+  expected = strokes.drawing_to_sequence([_rotated_points(s, degrees) for s in raw], 16)
+  test_utils.assert_close(rotated.drawings[1, 0], expected, atol=1e-5)
+
+
+def test_rotations_compose_and_keep_classes_in_order():
+  data = strokes.Strokes(np.random.default_rng(0).normal(size=(3, 2, 5, 3)).astype(np.float32),
+                         tuple(f'A/character{i:02d}' for i in range(3)))
+  rotated = strokes.rotate_drawings(data)
+  assert rotated.drawings.shape == (12, 2, 5, 3)
+  assert rotated.names[3:6] == tuple(f'{n}@90' for n in data.names)
+  twice = strokes.rotate_drawings(strokes.Strokes(rotated.drawings[3:6], data.names), (90,))
+  test_utils.assert_close(twice.drawings[3:], rotated.drawings[6:9], atol=1e-6)  # 90 + 90 = 180.
+  with pytest.raises(ValueError, match='distinct values among'):
+    strokes.rotate_drawings(data, (90, 45))
+
+
 def test_deduplicates_alphabets_and_reuses_cache(tmp_path, monkeypatch):
   data_dir, cache_dir = tmp_path / 'data', tmp_path / 'cache'
   data_dir.mkdir()

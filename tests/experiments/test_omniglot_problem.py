@@ -48,6 +48,21 @@ def test_tiny_meta_pruner_run_reports_the_structure_of_the_task_masks(tmp_path):
   assert 0.79 < structure['conv_weight_sparsity'] < 0.81 and structure['effective_flops'] < structure['dense_flops']
 
 
+@pytest.mark.parametrize('overrides, expected', [
+    (dict(algorithm='protonet', mask='none', meta_batch_size=4), 'conv'),
+    (dict(algorithm='protonet', mask='hard_concrete', meta_batch_size=1), 'conv'),
+    (dict(algorithm='protonet', mask='hard_concrete', meta_batch_size=4, gate_sample_scope='batch'), 'conv'),
+    (dict(algorithm='protonet', mask='hard_concrete', meta_batch_size=4), 'patches'),  # Per-task gate samples.
+    (dict(algorithm='protonet', mask='meta_pruner', meta_batch_size=1), 'patches'),  # Per-task eval masks.
+    (dict(algorithm='maml', mask='none', meta_batch_size=1), 'patches'),  # Adapted per-task weights.
+    (dict(algorithm='protonet', mask='none', conv_method='patches'), 'patches'),  # Explicit choice kept.
+])
+def test_auto_conv_method_is_conv_only_where_tasks_share_weights(overrides, expected):
+  if jax.default_backend() != 'cpu':
+    pytest.skip("'auto' is 'conv' on accelerators")
+  assert problems.conv_method(_config(**overrides)) == expected
+
+
 def test_episodes_come_from_held_out_characters():
   config = _config()
   splits = problems.load_omniglot_splits(config)

@@ -110,6 +110,24 @@ def test_strokes_episodes_are_character_disjoint(tmp_path):
     assert all(d.tobytes() in own and d.tobytes() not in other for d in drawings)
 
 
+@needs_strokes
+def test_train_rotations_add_training_classes_only(tmp_path):
+  data = strokes_data.load_strokes(OMNIGLOT_DIR, num_points=8, cache_dir=str(tmp_path / 'cache'))
+  splits = strokes_data.split_characters(data, seed=0)
+  rotated = strokes_data.rotate_drawings(splits['train'], (90, 180, 270))
+  config = _tiny_strokes(tmp_path, ways=5, num_query=3, train_rotations=(90, 180, 270))
+  problem = problems.get_problem(config)
+  rotated_set = {d.tobytes() for d in rotated.drawings[len(splits['train'].names):].reshape(-1, 8, 3)}
+  train_tasks = problem.train_sampler(jax.random.key(0), 16)
+  drawings = np.asarray(train_tasks.support_inputs).reshape(-1, 8, 3)
+  assert sum(d.tobytes() in rotated_set for d in drawings) > len(drawings) // 2  # ~3/4 are rotated copies.
+  test_set = {d.tobytes() for d in splits['test'].drawings.reshape(-1, 8, 3)}
+  eval_tasks = problem.eval_sampler(jax.random.key(0), 4, 1)
+  assert all(d.tobytes() in test_set for d in np.asarray(eval_tasks.support_inputs).reshape(-1, 8, 3))
+  with pytest.raises(ValueError, match=r'--config\.train_rotations'):
+    problems.get_problem(_tiny_strokes(tmp_path, train_rotations=(45,)))
+
+
 def test_bad_rnn_fields_name_the_flag():
   with pytest.raises(ValueError, match=r'--config\.cell'):
     problems.get_problem(_tiny_sequence(cell='rnn'))

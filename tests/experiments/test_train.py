@@ -58,6 +58,21 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
   assert resumed['timings']['start_step'] == 20
 
 
+def test_steps_per_call_gives_the_same_run(tmp_path):
+  config = smoke.get_config()  # 30 steps, log every 10, checkpoint at the end.
+  config.checkpoint_every_steps = 15  # Boundaries 10, 15, 20, 30: some calls must fall back to one step.
+  single = train.run(config, str(tmp_path / 'single'))
+  config.steps_per_call = 4
+  scanned = train.run(config, str(tmp_path / 'scanned'))
+  drop_rate = lambda records: [{k: v for k, v in r.items() if k != 'steps_per_sec'} for r in records]
+  one, four = drop_rate(_read_metrics(str(tmp_path / 'single'))), drop_rate(_read_metrics(str(tmp_path / 'scanned')))
+  assert [r['step'] for r in four] == [10, 20, 30]
+  for a, b in zip(one, four):
+    test_utils.assert_trees_all_close(b, a, rtol=1e-4, atol=1e-6)
+  assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path / 'scanned'))][-2:] == [15, 30]
+  test_utils.assert_trees_all_close(scanned['eval'], single['eval'], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize('field,value,flag', [
     ('target_sparsity', 1.0, '--config.target_sparsity'),
     ('target_sparsity', -0.2, '--config.target_sparsity'),
@@ -71,6 +86,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     ('activation', 'sigmoid', "--config.activation='sigmoid' is invalid: use one of"),
     ('input_range', (5.0, -5.0), '--config.input_range'),
     ('gate_sample_scope', 'episode', '--config.gate_sample_scope'),
+    ('steps_per_call', 0, '--config.steps_per_call'),
 ])
 def test_bad_config_names_the_flag(field, value, flag):
   config = smoke.get_config()

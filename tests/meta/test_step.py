@@ -15,7 +15,7 @@ from tests import test_utils
 
 
 def _build(gated=True, objective=l0_objective.L0Objective(), counter=None, hidden=(16, 16), first_order=False,
-           outer_lr=3e-3, gate_lr=5e-2):
+           outer_lr=3e-3, gate_lr=5e-2, steps_per_call=1, harden_step=None):
   model = mlp.make_mlp(hidden, 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   gates = hard_concrete.init_gate_logits(params, 'weight') if gated else None
@@ -27,7 +27,8 @@ def _build(gated=True, objective=l0_objective.L0Objective(), counter=None, hidde
       counter.count += 1  # Runs once per trace, never per call.
     return sinusoid.sample_sinusoid_tasks(key, num_tasks=num_tasks, num_support=5, num_query=5)
   step = meta_step.make_meta_step(sampler, losses.mse_loss(model.apply), optimizer, meta_batch_size=4,
-                                  settings=maml.InnerSettings(first_order=first_order), objective=objective)
+                                  settings=maml.InnerSettings(first_order=first_order), objective=objective,
+                                  steps_per_call=steps_per_call, harden_step=harden_step)
   return state, step
 
 
@@ -57,6 +58,26 @@ def test_same_key_same_trajectory():
       state, metrics = step(state)
     results.append((state.meta_params, metrics))
   test_utils.assert_trees_all_equal(results[0], results[1])
+
+
+def test_steps_per_call_equals_single_steps_and_does_not_retrace():
+  objective = l0_objective.L0Objective(mode='target', target_sparsity=0.5)
+  state, step = _build(objective=objective, harden_step=4)
+  history = []
+  for _ in range(6):
+    state, metrics = step(state)
+    history.append(metrics)
+  counter = test_utils.CompileCounter()
+  scanned_state, scanned = _build(objective=objective, harden_step=4, steps_per_call=3, counter=counter)
+  for _ in range(2):  # Steps 0-2, then 3-5 (hardening at step 4 happens inside the second call).
+    scanned_state, scanned_metrics = scanned(scanned_state)
+  assert counter.count == 1 and int(scanned_state.step) == 6
+  assert all(v.shape == (3,) for v in scanned_metrics.values())
+  test_utils.assert_trees_all_close(scanned_state.meta_params, state.meta_params, rtol=1e-5, atol=1e-6)
+  test_utils.assert_trees_all_close(scanned_metrics, jax.tree.map(lambda *v: jnp.stack(v), *history[3:]),
+                                    rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='steps_per_call'):
+    _build(steps_per_call=0)
 
 
 @pytest.mark.parametrize('first_order', [False, True])
