@@ -14,6 +14,7 @@ mismatch (another model / mask / optimiser config) or a corrupt checkpoint;
 never a silent restart.
 """
 
+import logging
 import os
 
 import flax.serialization
@@ -22,6 +23,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from metaprune_jax.meta import step as meta_step
+
+
+class _OrbaxInfoFilter(logging.Filter):
+  """Drops orbax's INFO / DEBUG records (~20 lines per save); its warnings and errors still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps the launcher's log to progress lines: filters orbax's INFO records from the ``absl`` logger.
+
+  Idempotent; called by ``experiments.maml_prune`` (not on import, so a notebook keeps its own logging).
+  """
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxInfoFilter())
 
 
 def checkpoint_dir(workdir: str) -> str:

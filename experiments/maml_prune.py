@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import checkpoint
 from experiments import ops_config
 from experiments import problems
 from experiments import train
@@ -39,6 +40,7 @@ def main(argv):
   if FLAGS.task not in problems.PROBLEMS:
     raise app.UsageError(f'--task={FLAGS.task!r} is unknown; valid tasks: {", ".join(sorted(problems.PROBLEMS))}.')
   config = FLAGS.config
+  checkpoint.quiet_orbax_logs()
   sharding.initialize_distributed(ops_config.get(config, 'distributed'))  # Before any other JAX call.
   with config.unlocked():
     config.task = FLAGS.task

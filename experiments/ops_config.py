@@ -16,7 +16,7 @@ from metaprune_jax.meta import guards
 from metaprune_jax.nets import mlp
 
 DEFAULTS = {
-    'num_devices': 1,      # Devices the task batch is sharded over; 0 = all (every host's).
+    'num_devices': 1,      # Devices the task batch is sharded over; 0 = all that help (sharding.resolve_num_devices).
     'distributed': False,  # Call jax.distributed.initialize() first (multi-host TPU pods, SLURM GPU clusters).
     'nonfinite': 'stop',   # 'stop': end the run naming the step; 'skip': drop the update and count it.
     'tensorboard': True,   # TensorBoard event files in workdir/tensorboard when tensorboardX is installed.

@@ -28,9 +28,19 @@ def initialize_distributed(enabled: bool) -> None:
 
 
 def resolve_num_devices(num_devices: int) -> int:
-  """``num_devices`` (0 means every device, all hosts together) checked against what is available."""
+  """``num_devices`` checked against what is available; 0 means every device that can help.
+
+  0 is every device of every host on GPU / TPU. On the CPU backend of a single
+  process it is 1: CPU "devices" there (``--xla_force_host_platform_device_count``)
+  share the same cores, so splitting the task batch cannot speed a step up and
+  adds a cross-device all-reduce rendezvous to every step (~1 ms on 2 cores,
+  ``benchmarks/multi_device.py``). An explicit ``num_devices > 1`` still shards
+  over simulated devices (to check sharded numbers on a laptop, as the tests do).
+  """
   available = jax.device_count()
   if num_devices == 0:
+    if jax.default_backend() == 'cpu' and jax.process_count() == 1:
+      return 1
     return available
   if num_devices > available:
     raise ValueError(f'--config.num_devices={num_devices} is invalid: only {available} device(s) are available '

@@ -137,3 +137,17 @@ def test_restore_round_trips_every_leaf_and_the_typed_key(tmp_path):
   test_utils.assert_trees_all_equal(restored._replace(key=None), state._replace(key=None))
   test_utils.assert_equal(jax.random.key_data(restored.key), jax.random.key_data(state.key))
   assert host == {'skipped_steps': 2}
+
+
+def test_quiet_orbax_logs_drops_only_orbax_info_records():
+  import logging  # pylint: disable=g-import-not-at-top
+  checkpoint.quiet_orbax_logs()
+  checkpoint.quiet_orbax_logs()  # Idempotent: one filter.
+  logger = logging.getLogger('absl')
+  assert sum(isinstance(f, checkpoint._OrbaxInfoFilter) for f in logger.filters) == 1  # pylint: disable=protected-access
+  def record(level, path):
+    return logging.LogRecord('absl', level, path, 1, 'message', None, None)
+  orbax_file = os.path.join(os.sep, 'site-packages', 'orbax', 'checkpoint', 'checkpoint_manager.py')
+  assert not logger.filter(record(logging.INFO, orbax_file))
+  assert logger.filter(record(logging.WARNING, orbax_file))
+  assert logger.filter(record(logging.INFO, os.path.join(os.sep, 'repo', 'experiments', 'train.py')))

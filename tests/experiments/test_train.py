@@ -61,6 +61,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
 def test_steps_per_call_gives_the_same_run(tmp_path):
   config = smoke.get_config()  # 30 steps, log every 10, checkpoint at the end.
   config.checkpoint_every_steps = 15  # Boundaries 10, 15, 20, 30: some calls must fall back to one step.
+  config.steps_per_call = 1
   single = train.run(config, str(tmp_path / 'single'))
   config.steps_per_call = 4
   scanned = train.run(config, str(tmp_path / 'scanned'))

@@ -46,7 +46,7 @@ four, losses_4, hlo_4, devices_4 = run_steps(mesh)
 diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
            for a, b in zip(jax.tree.leaves(one.meta_params), jax.tree.leaves(four.meta_params)))
 out = {'losses_1': losses_1, 'losses_4': losses_4, 'max_param_diff': diff, 'devices_1': devices_1,
-       'devices_4': devices_4, 'all_reduce': 'all-reduce' in hlo_4}
+       'devices_4': devices_4, 'all_reduce': 'all-reduce' in hlo_4, 'all_devices': sharding.resolve_num_devices(0)}
 config.num_outer_steps, config.checkpoint_every_steps, config.eval_num_tasks = 20, 10, 8
 for n in (1, 4):
   config.num_devices = n
@@ -81,6 +81,7 @@ def test_four_host_devices_match_one_device(tmp_path):
   out = json.loads(result.stdout.split('RESULT ')[-1])
   assert out['devices_1'] == 1 and out['devices_4'] == 4  # State replicated on all 4 devices.
   assert out['all_reduce']  # The task mean became a cross-device reduction: the batch really is split.
+  assert out['all_devices'] == 1  # num_devices=0 does not shard over simulated CPU devices (they share cores).
   test_utils.assert_close(out['losses_4'], out['losses_1'], rtol=1e-4, atol=1e-6)
   assert out['max_param_diff'] < 1e-4, out['max_param_diff']
   test_utils.assert_close(out['eval_4'], out['eval_1'], rtol=1e-3)
