@@ -279,7 +279,8 @@ def train(config, workdir: str, problem: problems.Problem):
   t0 = time.perf_counter()
   state, metrics, step = run_call(state, start)
   jax.block_until_ready(metrics)
-  timings['compile_seconds'] = time.perf_counter() - t0
+  timings['compile_seconds'] = time.perf_counter() - t0  # Includes the first call's steps (1, or K).
+  timings['timed_steps'] = num_steps - step  # The steps train_seconds covers.
   last_time, last_step = time.perf_counter(), step
   train_start = last_time
   last_checkpoint = checkpoint.list_checkpoints(workdir)[-1][1] if restored is not None else None
@@ -407,9 +408,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     gate_logits = state.meta_params.get('gate_logits')
     gates = None if gate_logits is None else hard_concrete.deterministic_gates(gate_logits, _hc(config))
     summary['structure'] = problem.flops_fn(state.meta_params['params'], gates)
-  trained_steps = int(config.num_outer_steps) - timings['start_step']
-  if timings['train_seconds'] > 0 and trained_steps > 1:
-    summary['timings']['steps_per_sec'] = (trained_steps - 1) / timings['train_seconds']
+  if timings['train_seconds'] > 0 and timings.get('timed_steps', 0) > 0:
+    summary['timings']['steps_per_sec'] = timings['timed_steps'] / timings['train_seconds']
   if config.mask != 'none' and config.get('dense_reference', False):
     dense = ml_collections.ConfigDict(config.to_dict())
     dense.mask, dense.dense_reference = 'none', False

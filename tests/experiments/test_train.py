@@ -72,6 +72,9 @@ def test_steps_per_call_gives_the_same_run(tmp_path):
     test_utils.assert_trees_all_close(b, a, rtol=1e-4, atol=1e-6)
   assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path / 'scanned'))][-2:] == [15, 30]
   test_utils.assert_trees_all_close(scanned['eval'], single['eval'], rtol=1e-4, atol=1e-6)
+  # The first call (compile) ran 4 steps: the rate covers the other 26.
+  assert scanned['timings']['timed_steps'] == 26 and single['timings']['timed_steps'] == 29
+  assert scanned['timings']['steps_per_sec'] > 0
 
 
 @pytest.mark.parametrize('field,value,flag', [
