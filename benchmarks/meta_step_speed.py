@@ -54,14 +54,12 @@ def _compile(step, state):
   return state, time.perf_counter() - t0
 
 
-def _time_interleaved(variants: dict, steps: int, repeats: int, per_call: dict | None = None,
-                      extra: dict | None = None) -> dict:
+def _time_interleaved(variants: dict, steps: int, repeats: int, per_call: dict | None = None) -> dict:
   """Compiles every variant, then times them round-robin so load drifts hit all alike.
 
   ``per_call[name] = K``: that variant's step runs K meta-steps per call, so it
   is called ``steps / K`` times per timing; rates are always meta-steps/s.
   """
-  variants = {**variants, **(extra or {})}
   per_call = per_call or {}
   states, compile_seconds, rates = {}, {}, {name: [] for name in variants}
   for name, (step, state) in variants.items():
@@ -146,7 +144,7 @@ def main(argv):
   steps, repeats, first_order, k = _STEPS.value, _REPEATS.value, _FIRST_ORDER.value, _STEPS_PER_CALL.value
   if steps % k:
     raise ValueError(f'--steps={steps} must be a multiple of --steps_per_call={k}.')
-  per_call = {  # (step, state, meta-steps per call)
+  per_call = {  # name -> (step, state); each call runs k meta-steps
       f'hand_written_reference_{k}_per_call': _hand_written(first_order, k),
       f'library_dense_python_loop_{k}_per_call': _library(False, first_order, _GRANULARITY.value, python_loop=True,
                                                            steps_per_call=k),
@@ -159,7 +157,8 @@ def main(argv):
       'library_dense_python_loop': _library(False, first_order, _GRANULARITY.value, python_loop=True),
       'library_gated_python_loop': _library(True, first_order, _GRANULARITY.value, python_loop=True),
       'library_gated_batch_sample': _library(True, first_order, _GRANULARITY.value, scope='batch'),
-  }, steps, repeats, per_call={name: k for name in per_call}, extra=per_call)
+      **per_call,
+  }, steps, repeats, per_call={name: k for name in per_call})
   results[f'gated_over_dense_time_{k}_per_call'] = round(
       results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median']
       / results[f'library_gated_{k}_per_call']['steps_per_sec_median'], 3)
