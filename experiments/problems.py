@@ -14,6 +14,7 @@ from metaprune_jax import flops
 from metaprune_jax import losses
 from metaprune_jax import types
 from metaprune_jax.data import omniglot as omniglot_data
+from metaprune_jax.data import rotations as rotations_lib
 from metaprune_jax.nets import conv
 from metaprune_jax.nets import mlp
 from metaprune_jax.tasks import omniglot as omniglot_tasks
@@ -77,6 +78,11 @@ def load_omniglot_splits(config: ml_collections.ConfigDict) -> omniglot_data.Omn
   """Reads (or restores from cache) Omniglot and splits it as ``config`` says; uint8 images."""
   if config.split_by not in ('character', 'alphabet'):
     raise _invalid('split_by', config.split_by, "use 'character' or 'alphabet'")
+  try:
+    rotations = rotations_lib.check_rotations(config.rotations)
+  except ValueError as e:
+    raise _invalid('rotations', tuple(config.rotations), f'use distinct values among {rotations_lib.ROTATIONS}, '
+                   'or ()') from e
   if config.data_source == 'files':
     if not os.path.isdir(config.data_dir):
       raise FileNotFoundError(
@@ -92,7 +98,7 @@ def load_omniglot_splits(config: ml_collections.ConfigDict) -> omniglot_data.Omn
     raise _invalid('data_source', config.data_source, "use 'files' or 'tfds'")
   try:
     return omniglot_data.split_omniglot(dataset, sizes=tuple(config.split_sizes), by=config.split_by,
-                                        seed=int(config.split_seed), rotations=tuple(config.rotations))
+                                        seed=int(config.split_seed), rotations=rotations)
   except ValueError as e:
     raise _invalid('split_sizes', tuple(config.split_sizes), str(e).rstrip('.')) from e
 

@@ -17,6 +17,7 @@ import numpy as np
 from experiments import problems
 from experiments.train import _require  # pylint: disable=protected-access  (one error format for all fields)
 from metaprune_jax import losses
+from metaprune_jax.data import rotations as rotations_lib
 from metaprune_jax.data import strokes as strokes_data
 from metaprune_jax.nets import rnn
 from metaprune_jax.tasks import omniglot as episodes
@@ -98,9 +99,11 @@ def strokes_problem(config: ml_collections.ConfigDict) -> problems.Problem:
   _check_rnn_config(config)
   _require(int(config.ways) >= 2, 'ways', config.ways, 'needs at least 2 classes per episode')
   _require(config.eval_split in ('val', 'test'), 'eval_split', config.eval_split, "use 'val' or 'test'")
-  rotations = tuple(int(d) for d in config.train_rotations)
-  _require(set(rotations) <= set(strokes_data.ROTATIONS) and len(set(rotations)) == len(rotations),
-           'train_rotations', rotations, f'use distinct values among {strokes_data.ROTATIONS}, or ()')
+  try:
+    rotations = rotations_lib.check_rotations(config.train_rotations)
+  except ValueError as e:
+    raise ValueError(f'--config.train_rotations={tuple(config.train_rotations)!r} is invalid: use distinct values '
+                     f'among {rotations_lib.ROTATIONS}, or ().') from e
   splits = _stroke_splits(config.data_dir, config.cache_dir, int(config.num_points), int(config.split_seed),
                           rotations)
   train_drawings, eval_drawings = splits['train'][0], splits[config.eval_split][0]

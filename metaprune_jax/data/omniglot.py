@@ -56,8 +56,10 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from metaprune_jax.data import rotations as rotations_lib
+
 _CACHE_FORMAT = 1
-_ROTATIONS = (90, 180, 270)
+_ROTATIONS = rotations_lib.ROTATIONS
 _DATA_DIR_HELP = (
     'Set config.data_dir (flag --config.data_dir=/path/to/omniglot) to a folder'
     ' holding images_background_small1.zip and images_background_small2.zip'
@@ -361,9 +363,7 @@ def rotate_classes(dataset: OmniglotDataset, degrees: Sequence[int] = _ROTATIONS
   ``classes * (1 + len(degrees))``. Apply after splitting (``split_omniglot``
   does) so rotated copies stay on their character's side.
   """
-  degrees = tuple(int(d) for d in degrees)
-  if any(d not in _ROTATIONS for d in degrees) or len(set(degrees)) != len(degrees):
-    raise ValueError(f'rotations must be distinct values among {_ROTATIONS}, got {degrees}.')
+  degrees = rotations_lib.check_rotations(degrees)
   if np.any(dataset.rotations != 0):
     raise ValueError('rotate_classes expects an unrotated dataset (all rotations 0).')
   parts = [dataset]

@@ -47,6 +47,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from metaprune_jax.data import rotations as rotations_lib
+
 ARCHIVES = ('strokes_background_small1.zip', 'strokes_background_small2.zip')
 CACHE_VERSION = 1
 _DRAWING_RE = re.compile(r'^[^/]+/([^/]+)/(character\d+)/\d+_(\d+)\.txt$')
@@ -233,7 +235,7 @@ def load_strokes(data_dir: str, *, num_points: int = 64,
   return data
 
 
-ROTATIONS = (90, 180, 270)
+ROTATIONS = rotations_lib.ROTATIONS
 
 
 def rotate_drawings(data: Strokes, degrees=ROTATIONS) -> Strokes:
@@ -253,9 +255,7 @@ def rotate_drawings(data: Strokes, degrees=ROTATIONS) -> Strokes:
     ``Strokes`` with ``classes * (1 + len(degrees))`` classes: the originals, then
     all of them rotated by ``degrees[0]``, and so on; names get ``'@<degrees>'``.
   """
-  degrees = tuple(int(d) for d in degrees)
-  if any(d not in ROTATIONS for d in degrees) or len(set(degrees)) != len(degrees):
-    raise ValueError(f'rotations must be distinct values among {ROTATIONS}, got {degrees}.')
+  degrees = rotations_lib.check_rotations(degrees)
   drawings, names = [data.drawings], list(data.names)
   for d in degrees:
     cos, sin = np.round(np.cos(np.deg2rad(d))), np.round(np.sin(np.deg2rad(d)))

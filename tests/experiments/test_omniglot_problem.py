@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -83,9 +84,11 @@ def test_episodes_come_from_held_out_characters():
     ({'eval_ways': (5,)}, '--config.eval_ways'),               # MAML's head is 3-way.
     ({'split_by': 'drawer'}, '--config.split_by'),
     ({'data_source': 'hub'}, '--config.data_source'),
+    ({'rotations': (45,)}, '--config.rotations=(45,)'),
+    ({'rotations': (90, 90)}, '--config.rotations=(90, 90)'),
 ])
 def test_bad_episode_sizes_name_the_field(overrides, field):
-  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+  with pytest.raises(ValueError, match=re.escape(field)):
     problems.get_problem(_config(**overrides))
 
 
