@@ -6,7 +6,8 @@ same process: the library's dense step, its gated step (per-weight hard-concrete
 gates, a sample per task), both again with the inner loop unrolled in Python
 (``python_loop``), the gated step with one gate sample per meta-step shared by
 its tasks (``library_gated_batch_sample``, ``gate_sample_scope='batch'``), and a
-minimal hand-written jit+vmap MAML for reference. Each variant:
+minimal hand-written jit+vmap MAML for reference (dense, and with per-task gates as
+``hand_written_gated_K_per_call``: the floor for the library's gated step). Each variant:
 compile (first call) timed separately, then ``--repeats`` rounds in which every
 variant runs ``--steps`` calls (round-robin, so a change in machine load hits
 all variants alike), ``block_until_ready`` at the end of each; medians reported.
@@ -19,6 +20,7 @@ once per K steps by both.
 Usage: python -m benchmarks.meta_step_speed [--steps=2000 --repeats=7 --first_order --steps_per_call=10]
 """
 
+import itertools
 import json
 import os
 import platform
@@ -33,6 +35,7 @@ from absl import flags
 
 from metaprune_jax import losses
 from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import noise
 from metaprune_jax.meta import maml
 from metaprune_jax.meta import step as meta_step
 from metaprune_jax.nets import mlp
@@ -119,6 +122,62 @@ def _hand_written(first_order: bool, steps_per_call: int = 1):
   return plain_maml_step(task_loss, params, steps_per_call)
 
 
+def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
+  """The same hand-written MAML with per-weight hard-concrete gates, a sample per task, kept minimal.
+
+  All gate logits are one flat vector (one gate computation, one Adam update);
+  noise is the library's keyed hash (``masks.noise``), the gate formula
+  ``hard_concrete.gates_from_noise``; the L0 term is a fixed penalty. What a
+  careful user would write: the floor for the library's gated step.
+  """
+  keys = jax.random.split(jax.random.key(0), 3)
+  params = {'w0': jax.random.normal(keys[0], (1, 40)), 'b0': jnp.zeros(40),
+            'w1': jax.random.normal(keys[1], (40, 40)) / 40 ** 0.5, 'b1': jnp.zeros(40),
+            'w2': jax.random.normal(keys[2], (40, 1)) / 40 ** 0.5, 'b2': jnp.zeros(1)}
+  gated = ('w0', 'w1', 'w2')
+  sizes = [params[name].size for name in gated]
+  hc = hard_concrete.HardConcrete()
+
+  def net(p, x):
+    x = jax.nn.relu(x @ p['w0'] + p['b0'])
+    x = jax.nn.relu(x @ p['w1'] + p['b1'])
+    return x @ p['w2'] + p['b2']
+
+  def loss(p, x, y):
+    return jnp.mean((net(p, x) - y) ** 2)
+
+  def task_loss(meta, u, xs, ys, xq, yq):
+    flat = hard_concrete.gates_from_noise(meta['gates'], u, hc)
+    z = dict(zip(gated, (g.reshape(params[n].shape)
+                         for n, g in zip(gated, jnp.split(flat, list(itertools.accumulate(sizes))[:-1])))))
+    masked = lambda p: {n: v * z[n] if n in z else v for n, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
+    g = jax.grad(lambda p: loss(masked(p), xs, ys))(meta['params'])
+    if first_order:
+      g = jax.lax.stop_gradient(g)
+    return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, meta['params'], g)), xq, yq)
+
+  optimizer = optax.adam(1e-3)
+  meta = {'params': params, 'gates': jnp.full((sum(sizes),), 3.0)}
+
+  def step(state):
+    meta, opt_state, key = state
+    key, task_key, noise_key = jax.random.split(key, 3)
+    t = sinusoid.sample_sinusoid_tasks(task_key, num_tasks=META_BATCH, num_support=SHOTS, num_query=SHOTS)
+    u = noise.uniform(noise_key, (META_BATCH, sum(sizes)))
+
+    def objective(meta):
+      query = jnp.mean(jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0, 0))(meta, u, *t))
+      return query + 1e-4 * jnp.sum(hard_concrete.prob_nonzero(meta['gates'], hc))
+
+    value, grads = jax.value_and_grad(objective)(meta)
+    updates, opt_state = optimizer.update(grads, opt_state, meta)
+    return (optax.apply_updates(meta, updates), opt_state, key), value
+
+  state = (meta, optimizer.init(meta), jax.random.key(1))
+  return jax.jit(lambda s: jax.lax.scan(lambda c, _: step(c), s, None, length=steps_per_call),
+                 donate_argnums=0), state
+
+
 def plain_maml_step(task_loss, params, steps_per_call: int = 1):
   """A jitted Adam meta-step over ``task_loss(p, xs, ys, xq, yq)`` with tasks sampled inside; and its state."""
   optimizer = optax.adam(1e-3)
@@ -146,6 +205,7 @@ def main(argv):
     raise ValueError(f'--steps={steps} must be a multiple of --steps_per_call={k}.')
   per_call = {  # name -> (step, state); each call runs k meta-steps
       f'hand_written_reference_{k}_per_call': _hand_written(first_order, k),
+      f'hand_written_gated_{k}_per_call': _hand_written_gated(first_order, k),
       f'library_dense_python_loop_{k}_per_call': _library(False, first_order, _GRANULARITY.value, python_loop=True,
                                                            steps_per_call=k),
       f'library_gated_{k}_per_call': _library(True, first_order, _GRANULARITY.value, steps_per_call=k),
@@ -162,6 +222,9 @@ def main(argv):
   results[f'gated_over_dense_time_{k}_per_call'] = round(
       results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median']
       / results[f'library_gated_{k}_per_call']['steps_per_sec_median'], 3)
+  results[f'hand_written_gated_over_reference_time_{k}_per_call'] = round(
+      results[f'hand_written_reference_{k}_per_call']['steps_per_sec_median']
+      / results[f'hand_written_gated_{k}_per_call']['steps_per_sec_median'], 3)
   results[f'dense_over_reference_time_{k}_per_call'] = round(
       results[f'hand_written_reference_{k}_per_call']['steps_per_sec_median']
       / results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median'], 3)
