@@ -98,8 +98,8 @@ def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool
   return step, state
 
 
-def _hand_written(first_order: bool, steps_per_call: int = 1):
-  """The smallest honest jit+vmap MAML: plain dict MLP, one inner step, Adam."""
+def _plain_mlp():
+  """The hand-written references' 2x40 ReLU MLP as a plain dict, and its MSE ``loss(p, x, y)``."""
   keys = jax.random.split(jax.random.key(0), 3)
   params = {'w0': jax.random.normal(keys[0], (1, 40)), 'b0': jnp.zeros(40),
             'w1': jax.random.normal(keys[1], (40, 40)) / 40 ** 0.5, 'b1': jnp.zeros(40),
@@ -112,6 +112,13 @@ def _hand_written(first_order: bool, steps_per_call: int = 1):
 
   def loss(p, x, y):
     return jnp.mean((net(p, x) - y) ** 2)
+
+  return params, loss
+
+
+def _hand_written(first_order: bool, steps_per_call: int = 1):
+  """The smallest honest jit+vmap MAML: plain dict MLP, one inner step, Adam."""
+  params, loss = _plain_mlp()
 
   def task_loss(p, xs, ys, xq, yq):
     g = jax.grad(loss)(p, xs, ys)
@@ -130,21 +137,10 @@ def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
   ``hard_concrete.gates_from_noise``; the L0 term is a fixed penalty. What a
   careful user would write: the floor for the library's gated step.
   """
-  keys = jax.random.split(jax.random.key(0), 3)
-  params = {'w0': jax.random.normal(keys[0], (1, 40)), 'b0': jnp.zeros(40),
-            'w1': jax.random.normal(keys[1], (40, 40)) / 40 ** 0.5, 'b1': jnp.zeros(40),
-            'w2': jax.random.normal(keys[2], (40, 1)) / 40 ** 0.5, 'b2': jnp.zeros(1)}
+  params, loss = _plain_mlp()
   gated = ('w0', 'w1', 'w2')
   sizes = [params[name].size for name in gated]
   hc = hard_concrete.HardConcrete()
-
-  def net(p, x):
-    x = jax.nn.relu(x @ p['w0'] + p['b0'])
-    x = jax.nn.relu(x @ p['w1'] + p['b1'])
-    return x @ p['w2'] + p['b2']
-
-  def loss(p, x, y):
-    return jnp.mean((net(p, x) - y) ** 2)
 
   def task_loss(meta, u, xs, ys, xq, yq):
     flat = hard_concrete.gates_from_noise(meta['gates'], u, hc)
