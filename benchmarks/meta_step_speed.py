@@ -153,7 +153,7 @@ def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
     return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, meta['params'], g)), xq, yq)
 
   optimizer = optax.adam(1e-3)
-  meta = {'params': params, 'gates': jnp.full((sum(sizes),), 3.0)}
+  meta = {'params': params, 'gates': jnp.full((sum(sizes),), 3.0, jnp.float32)}
 
   def step(state):
     meta, opt_state, key = state
