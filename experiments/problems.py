@@ -78,11 +78,7 @@ def load_omniglot_splits(config: ml_collections.ConfigDict) -> omniglot_data.Omn
   """Reads (or restores from cache) Omniglot and splits it as ``config`` says; uint8 images."""
   if config.split_by not in ('character', 'alphabet'):
     raise _invalid('split_by', config.split_by, "use 'character' or 'alphabet'")
-  try:
-    rotations = rotations_lib.check_rotations(config.rotations)
-  except ValueError as e:
-    raise _invalid('rotations', tuple(config.rotations), f'use distinct values among {rotations_lib.ROTATIONS}, '
-                   'or ()') from e
+  rotations = rotations_lib.check_rotations(config.rotations, name='--config.rotations')
   if config.data_source == 'files':
     if not os.path.isdir(config.data_dir):
       raise FileNotFoundError(

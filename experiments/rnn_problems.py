@@ -99,11 +99,7 @@ def strokes_problem(config: ml_collections.ConfigDict) -> problems.Problem:
   _check_rnn_config(config)
   _require(int(config.ways) >= 2, 'ways', config.ways, 'needs at least 2 classes per episode')
   _require(config.eval_split in ('val', 'test'), 'eval_split', config.eval_split, "use 'val' or 'test'")
-  try:
-    rotations = rotations_lib.check_rotations(config.train_rotations)
-  except ValueError as e:
-    raise ValueError(f'--config.train_rotations={tuple(config.train_rotations)!r} is invalid: use distinct values '
-                     f'among {rotations_lib.ROTATIONS}, or ().') from e
+  rotations = rotations_lib.check_rotations(config.train_rotations, name='--config.train_rotations')
   splits = _stroke_splits(config.data_dir, config.cache_dir, int(config.num_points), int(config.split_seed),
                           rotations)
   train_drawings, eval_drawings = splits['train'][0], splits[config.eval_split][0]

@@ -59,7 +59,6 @@ from PIL import Image
 from metaprune_jax.data import rotations as rotations_lib
 
 _CACHE_FORMAT = 1
-_ROTATIONS = rotations_lib.ROTATIONS
 _DATA_DIR_HELP = (
     'Set config.data_dir (flag --config.data_dir=/path/to/omniglot) to a folder'
     ' holding images_background_small1.zip and images_background_small2.zip'
@@ -356,7 +355,7 @@ def _subset(dataset: OmniglotDataset, keep: np.ndarray) -> OmniglotDataset:
   return OmniglotDataset(*(field[keep] for field in dataset))
 
 
-def rotate_classes(dataset: OmniglotDataset, degrees: Sequence[int] = _ROTATIONS) -> OmniglotDataset:
+def rotate_classes(dataset: OmniglotDataset, degrees: Sequence[int] = rotations_lib.ROTATIONS) -> OmniglotDataset:
   """Adds each class rotated by ``degrees`` as new classes (MAML-style).
 
   Returns classes ``[originals, originals rotated by degrees[0], ...]``, i.e.

@@ -235,10 +235,7 @@ def load_strokes(data_dir: str, *, num_points: int = 64,
   return data
 
 
-ROTATIONS = rotations_lib.ROTATIONS
-
-
-def rotate_drawings(data: Strokes, degrees=ROTATIONS) -> Strokes:
+def rotate_drawings(data: Strokes, degrees=rotations_lib.ROTATIONS) -> Strokes:
   """Adds every character rotated by ``degrees`` as new classes (MAML-style augmentation).
 
   Rotating the pen positions by a multiple of 90 degrees is exact on the features:
