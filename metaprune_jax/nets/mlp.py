@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metaprune_jax.nets import matmul
+
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh, 'gelu': nn.gelu, 'swish': nn.swish}
 
 
@@ -33,8 +35,8 @@ class MLP(nn.Module):
     init = (nn.initializers.truncated_normal(self.kernel_init_std) if self.kernel_init_std > 0
             else nn.initializers.lecun_normal())
     for width in self.hidden_sizes:
-      x = act(nn.Dense(width, kernel_init=init)(x))
-    return nn.Dense(self.num_outputs, kernel_init=init)(x)
+      x = act(nn.Dense(width, kernel_init=init, dot_general=matmul.dot_general)(x))
+    return nn.Dense(self.num_outputs, kernel_init=init, dot_general=matmul.dot_general)(x)
 
 
 def make_mlp(hidden_sizes: Sequence[int] = (40, 40), num_outputs: int = 1, activation: str = 'relu',

@@ -36,6 +36,35 @@ def test_gates_from_noise_equals_sigmoid_form_for_several_betas():
       test_utils.assert_close(hard_concrete.gates_from_noise(jnp.float32(la), u, hc), ref, atol=2e-6)
 
 
+def _autodiff_gates(log_alpha, u, hc=HC):
+  """The gate formula with no custom derivative: what ``gates_from_noise``'s hand-written JVP must equal."""
+  s = jax.nn.sigmoid((jnp.log(u) - jnp.log1p(-u) + log_alpha) / hc.beta)
+  return jnp.clip(s * (hc.zeta - hc.gamma) + hc.gamma, 0.0, 1.0)
+
+
+@pytest.mark.parametrize('beta', [2 / 3, 0.5])
+def test_gate_derivatives_equal_autodiff_to_second_order(beta):
+  """First derivatives in both arguments and the logits' second derivative (inner-loop gate adaptation)."""
+  hc = hard_concrete.HardConcrete(beta=beta)
+  log_alpha = jnp.linspace(-3.0, 3.0, 41)
+  u = jnp.linspace(0.02, 0.98, 41)[::-1]
+  weights = jnp.cos(jnp.arange(41.0))
+  for gates in (hard_concrete.gates_from_noise, _autodiff_gates):
+    assert jnp.all(jnp.isfinite(gates(log_alpha, u, hc)))
+  first = lambda fn: jax.grad(lambda la, u: jnp.sum(weights * fn(la, u, hc) ** 2), (0, 1))  # pylint: disable=unnecessary-lambda-assignment
+  for got, want in zip(first(hard_concrete.gates_from_noise)(log_alpha, u), first(_autodiff_gates)(log_alpha, u)):
+    test_utils.assert_close(got, want, rtol=1e-4, atol=1e-5)
+  second = lambda fn: jax.grad(lambda la: jnp.sum(jnp.sin(first(fn)(la, u)[0])))  # pylint: disable=unnecessary-lambda-assignment
+  test_utils.assert_close(second(hard_concrete.gates_from_noise)(log_alpha),
+                          second(_autodiff_gates)(log_alpha), rtol=1e-3, atol=1e-4)
+
+
+def test_gate_derivative_is_zero_where_the_gate_is_clipped():
+  u = jnp.full((2,), 0.5)
+  grad = jax.grad(lambda la: jnp.sum(hard_concrete.gates_from_noise(la, u, HC)))(jnp.array([-8.0, 8.0]))
+  assert float(jnp.max(jnp.abs(grad))) == 0.0
+
+
 def test_gate_gradient_finite_at_extreme_logits():
   u = jnp.full((4,), 0.3)
   grad = jax.grad(lambda la: jnp.sum(hard_concrete.gates_from_noise(la, u, HC)))(
