@@ -152,38 +152,32 @@ def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
       g = jax.lax.stop_gradient(g)
     return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, meta['params'], g)), xq, yq)
 
-  optimizer = optax.adam(1e-3)
   meta = {'params': params, 'gates': jnp.full((sum(sizes),), 3.0, jnp.float32)}
-
-  def step(state):
-    meta, opt_state, key = state
-    key, task_key, noise_key = jax.random.split(key, 3)
-    t = sinusoid.sample_sinusoid_tasks(task_key, num_tasks=META_BATCH, num_support=SHOTS, num_query=SHOTS)
-    u = noise.uniform(noise_key, (META_BATCH, sum(sizes)))
-
-    def objective(meta):
-      query = jnp.mean(jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0, 0))(meta, u, *t))
-      return query + 1e-4 * jnp.sum(hard_concrete.prob_nonzero(meta['gates'], hc))
-
-    value, grads = jax.value_and_grad(objective)(meta)
-    updates, opt_state = optimizer.update(grads, opt_state, meta)
-    return (optax.apply_updates(meta, updates), opt_state, key), value
-
-  state = (meta, optimizer.init(meta), jax.random.key(1))
-  return jax.jit(lambda s: jax.lax.scan(lambda c, _: step(c), s, None, length=steps_per_call),
-                 donate_argnums=0), state
+  penalty = lambda meta: 1e-4 * jnp.sum(hard_concrete.prob_nonzero(meta['gates'], hc))  # pylint: disable=unnecessary-lambda-assignment
+  return plain_maml_step(task_loss, meta, steps_per_call, noise_size=sum(sizes), penalty=penalty)
 
 
-def plain_maml_step(task_loss, params, steps_per_call: int = 1):
-  """A jitted Adam meta-step over ``task_loss(p, xs, ys, xq, yq)`` with tasks sampled inside; and its state."""
+def plain_maml_step(task_loss, params, steps_per_call: int = 1, *, noise_size: int = 0, penalty=None):
+  """A jitted Adam meta-step with tasks sampled inside; and its state.
+
+  ``task_loss(p, xs, ys, xq, yq)``; with ``noise_size > 0``, ``task_loss(p, u, xs, ys, xq, yq)`` gets its own
+  ``[noise_size]`` row of hash-uniform noise (one draw per meta-step). ``penalty(p)`` is added to the mean
+  query loss.
+  """
   optimizer = optax.adam(1e-3)
 
   def step(state):
     p, opt_state, key = state
-    key, task_key = jax.random.split(key)
+    key, task_key, noise_key = jax.random.split(key, 3)
     t = sinusoid.sample_sinusoid_tasks(task_key, num_tasks=META_BATCH, num_support=SHOTS, num_query=SHOTS)
-    value, grads = jax.value_and_grad(
-        lambda p: jnp.mean(jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0))(p, *t)))(p)
+    if noise_size:
+      t = (noise.uniform(noise_key, (META_BATCH, noise_size)),) + tuple(t)
+
+    def objective(p):
+      query = jnp.mean(jax.vmap(task_loss, in_axes=(None,) + (0,) * len(t))(p, *t))
+      return query if penalty is None else query + penalty(p)
+
+    value, grads = jax.value_and_grad(objective)(p)
     updates, opt_state = optimizer.update(grads, opt_state, p)
     return (optax.apply_updates(p, updates), opt_state, key), value
 
