@@ -17,11 +17,11 @@ paper sinusoid meta-step got faster with it (see WORKSPACE.md). The Conv-4's
 large patch matmuls do not: there XLA's own GEMM packing is faster than a
 materialised transpose of the patches (measured, not kept).
 
-Reverse mode only (``custom_vjp``): ``jax.jvp`` / ``jacfwd`` through it raise.
+Reverse mode only (``custom_vjp``): ``jax.jvp`` / ``jacfwd`` / ``jax.hessian`` through it raise;
+``nets.mlp.MLP(layout_matmul=False)`` gives plain Flax ``Dense`` layers for forward mode.
 """
 
 import jax
-import jax.numpy as jnp
 
 
 def _pinned(a: jax.Array) -> jax.Array:

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from metaprune_jax.nets import matmul
+from metaprune_jax.nets import mlp
 from tests import test_utils
 
 
@@ -71,3 +72,18 @@ def test_weight_gradient_uses_no_leading_axis_contraction_on_cpu(k, n):
   dots = [line for line in hlo.splitlines() if ' dot(' in line and 'lhs_contracting_dims' in line]
   assert dots, 'expected a dot in the compiled gradient'
   assert not any('lhs_batch_dims={0}, lhs_contracting_dims={1}' in line for line in dots), dots
+
+
+def test_mlp_layout_matmul_switch_same_outputs_and_forward_mode():
+  """Default MLP: same params / outputs / gradients as plain Dense; ``layout_matmul=False`` allows forward mode."""
+  x = jax.random.normal(jax.random.key(2), (7, 1))
+  fast, plain = mlp.make_mlp((8, 8), 1), mlp.make_mlp((8, 8), 1, layout_matmul=False)
+  params = fast.init(jax.random.key(3), x)
+  assert jax.tree.structure(params) == jax.tree.structure(plain.init(jax.random.key(3), x))
+  test_utils.assert_close(fast.apply(params, x), plain.apply(params, x), atol=1e-6)
+  loss = lambda model: lambda p: jnp.sum(model.apply(p, x) ** 2)  # pylint: disable=unnecessary-lambda-assignment
+  for got, want in zip(jax.tree.leaves(jax.grad(loss(fast))(params)), jax.tree.leaves(jax.grad(loss(plain))(params))):
+    test_utils.assert_close(got, want, atol=1e-5)
+  assert jax.jacfwd(lambda x: plain.apply(params, x))(x).shape == (7, 1, 7, 1)
+  with pytest.raises(TypeError):
+    jax.jacfwd(lambda x: fast.apply(params, x))(x)
