@@ -6,8 +6,10 @@ same process: the library's dense step, its gated step (per-weight hard-concrete
 gates, a sample per task), both again with the inner loop unrolled in Python
 (``python_loop``), the gated step with one gate sample per meta-step shared by
 its tasks (``library_gated_batch_sample``, ``gate_sample_scope='batch'``), and a
-minimal hand-written jit+vmap MAML for reference (dense, and with per-task gates as
-``hand_written_gated_K_per_call``: the floor for the library's gated step). Each variant:
+minimal hand-written jit+vmap MAML for reference (dense, with ``@`` or with the library's
+``nets.matmul``; with per-task gates as ``hand_written_gated_K_per_call``; and with random
+per-task 0/1 masks and nothing learned as ``hand_written_per_task_masks_floor_K_per_call``:
+the work any per-task gate sample adds, a floor for the gated step's ratio). Each variant:
 compile (first call) timed separately, then ``--repeats`` rounds in which every
 variant runs ``--steps`` calls (round-robin, so a change in machine load hits
 all variants alike), ``block_until_ready`` at the end of each; medians reported.
@@ -38,6 +40,7 @@ from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import noise
 from metaprune_jax.meta import maml
 from metaprune_jax.meta import step as meta_step
+from metaprune_jax.nets import matmul
 from metaprune_jax.nets import mlp
 from metaprune_jax.tasks import sinusoid
 
@@ -98,17 +101,21 @@ def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool
   return step, state
 
 
-def _plain_mlp():
-  """The hand-written references' 2x40 ReLU MLP as a plain dict, and its MSE ``loss(p, x, y)``."""
+def _plain_mlp(layout_matmul: bool = False):
+  """The hand-written references' 2x40 ReLU MLP as a plain dict, and its MSE ``loss(p, x, y)``.
+
+  ``layout_matmul``: the layers multiply with ``nets.matmul.matmul`` (as the library's MLP does) instead of ``@``.
+  """
+  mm = matmul.matmul if layout_matmul else jnp.matmul
   keys = jax.random.split(jax.random.key(0), 3)
   params = {'w0': jax.random.normal(keys[0], (1, 40)), 'b0': jnp.zeros(40),
             'w1': jax.random.normal(keys[1], (40, 40)) / 40 ** 0.5, 'b1': jnp.zeros(40),
             'w2': jax.random.normal(keys[2], (40, 1)) / 40 ** 0.5, 'b2': jnp.zeros(1)}
 
   def net(p, x):
-    x = jax.nn.relu(x @ p['w0'] + p['b0'])
-    x = jax.nn.relu(x @ p['w1'] + p['b1'])
-    return x @ p['w2'] + p['b2']
+    x = jax.nn.relu(mm(x, p['w0']) + p['b0'])
+    x = jax.nn.relu(mm(x, p['w1']) + p['b1'])
+    return mm(x, p['w2']) + p['b2']
 
   def loss(p, x, y):
     return jnp.mean((net(p, x) - y) ** 2)
@@ -116,9 +123,9 @@ def _plain_mlp():
   return params, loss
 
 
-def _hand_written(first_order: bool, steps_per_call: int = 1):
+def _hand_written(first_order: bool, steps_per_call: int = 1, layout_matmul: bool = False):
   """The smallest honest jit+vmap MAML: plain dict MLP, one inner step, Adam."""
-  params, loss = _plain_mlp()
+  params, loss = _plain_mlp(layout_matmul)
 
   def task_loss(p, xs, ys, xq, yq):
     g = jax.grad(loss)(p, xs, ys)
@@ -155,6 +162,33 @@ def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
   meta = {'params': params, 'gates': jnp.full((sum(sizes),), 3.0, jnp.float32)}
   penalty = lambda meta: 1e-4 * jnp.sum(hard_concrete.prob_nonzero(meta['gates'], hc))  # pylint: disable=unnecessary-lambda-assignment
   return plain_maml_step(task_loss, meta, steps_per_call, noise_size=sum(sizes), penalty=penalty)
+
+
+def _per_task_masks_floor(first_order: bool, steps_per_call: int = 1):
+  """The cost of a mask per task alone: the hand-written step with random per-task 0/1 masks, nothing learned.
+
+  Every task multiplies the three kernels by its own mask (``u > 0.1`` from the
+  same hash noise as the gates), so its support pass runs on its own weights as
+  a gated step's does, but there are no gate logits, no gate gradient and no L0
+  term; the layers use ``nets.matmul`` like the library's MLP. Any step that
+  samples a mask per task does at least this work, so its time over the dense
+  step is a floor for the gated step's ratio on this machine.
+  """
+  params, loss = _plain_mlp(layout_matmul=True)
+  gated = ('w0', 'w1', 'w2')
+  sizes = [params[name].size for name in gated]
+
+  def task_loss(p, u, xs, ys, xq, yq):
+    keep = (u > 0.1).astype(jnp.float32)
+    z = dict(zip(gated, (g.reshape(params[n].shape)
+                         for n, g in zip(gated, jnp.split(keep, list(itertools.accumulate(sizes))[:-1])))))
+    masked = lambda q: {n: v * z[n] if n in z else v for n, v in q.items()}  # pylint: disable=unnecessary-lambda-assignment
+    g = jax.grad(lambda q: loss(masked(q), xs, ys))(p)
+    if first_order:
+      g = jax.lax.stop_gradient(g)
+    return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, p, g)), xq, yq)
+
+  return plain_maml_step(task_loss, params, steps_per_call, noise_size=sum(sizes))
 
 
 def plain_maml_step(task_loss, params, steps_per_call: int = 1, *, noise_size: int = 0, penalty=None):
@@ -196,6 +230,8 @@ def main(argv):
   per_call = {  # name -> (step, state); each call runs k meta-steps
       f'hand_written_reference_{k}_per_call': _hand_written(first_order, k),
       f'hand_written_gated_{k}_per_call': _hand_written_gated(first_order, k),
+      f'hand_written_layout_matmul_{k}_per_call': _hand_written(first_order, k, layout_matmul=True),
+      f'hand_written_per_task_masks_floor_{k}_per_call': _per_task_masks_floor(first_order, k),
       f'library_dense_python_loop_{k}_per_call': _library(False, first_order, _GRANULARITY.value, python_loop=True,
                                                            steps_per_call=k),
       f'library_gated_{k}_per_call': _library(True, first_order, _GRANULARITY.value, steps_per_call=k),
@@ -211,29 +247,29 @@ def main(argv):
       'library_gated_batch_sample': _library(True, first_order, _GRANULARITY.value, scope='batch'),
       **per_call,
   }, steps, repeats, per_call={name: k for name in per_call})
-  # The launcher's sinusoid default: inner step unrolled in Python, K steps per call, for dense and gated alike.
-  results[f'gated_over_dense_time_{k}_per_call'] = round(
-      results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median']
-      / results[f'library_gated_python_loop_{k}_per_call']['steps_per_sec_median'], 3)
-  results[f'gated_scan_over_dense_time_{k}_per_call'] = round(
-      results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median']
-      / results[f'library_gated_{k}_per_call']['steps_per_sec_median'], 3)
-  results[f'hand_written_gated_over_reference_time_{k}_per_call'] = round(
-      results[f'hand_written_reference_{k}_per_call']['steps_per_sec_median']
-      / results[f'hand_written_gated_{k}_per_call']['steps_per_sec_median'], 3)
-  results[f'dense_over_reference_time_{k}_per_call'] = round(
-      results[f'hand_written_reference_{k}_per_call']['steps_per_sec_median']
-      / results[f'library_dense_python_loop_{k}_per_call']['steps_per_sec_median'], 3)
-  results['gated_batch_sample_over_dense_time'] = round(
-      results['library_dense']['steps_per_sec_median']
-      / results['library_gated_batch_sample']['steps_per_sec_median'], 3)
-  results['gated_over_dense_time'] = round(
-      results['library_dense']['steps_per_sec_median'] / results['library_gated']['steps_per_sec_median'], 3)
-  results['gated_over_dense_time_python_loop'] = round(
-      results['library_dense_python_loop']['steps_per_sec_median']
-      / results['library_gated_python_loop']['steps_per_sec_median'], 3)
-  results['dense_over_reference_time'] = round(
-      results['hand_written_reference']['steps_per_sec_median'] / results['library_dense']['steps_per_sec_median'], 3)
+  # Time of one variant over another's (rate of the second / rate of the first). The headline ratio compares the
+  # launcher's sinusoid default: inner step unrolled in Python, K steps per call, for dense and gated alike.
+  ratios = {  # name: (slower variant, reference variant)
+      f'gated_over_dense_time_{k}_per_call': (f'library_gated_python_loop_{k}_per_call',
+                                              f'library_dense_python_loop_{k}_per_call'),
+      f'gated_scan_over_dense_time_{k}_per_call': (f'library_gated_{k}_per_call',
+                                                   f'library_dense_python_loop_{k}_per_call'),
+      f'hand_written_gated_over_reference_time_{k}_per_call': (f'hand_written_gated_{k}_per_call',
+                                                               f'hand_written_reference_{k}_per_call'),
+      # Random per-task masks, nothing learned: what any per-task sample costs over a dense step.
+      f'per_task_masks_floor_over_dense_time_{k}_per_call': (f'hand_written_per_task_masks_floor_{k}_per_call',
+                                                             f'library_dense_python_loop_{k}_per_call'),
+      f'per_task_masks_floor_over_layout_reference_time_{k}_per_call': (
+          f'hand_written_per_task_masks_floor_{k}_per_call', f'hand_written_layout_matmul_{k}_per_call'),
+      f'dense_over_reference_time_{k}_per_call': (f'library_dense_python_loop_{k}_per_call',
+                                                  f'hand_written_reference_{k}_per_call'),
+      'gated_batch_sample_over_dense_time': ('library_gated_batch_sample', 'library_dense'),
+      'gated_over_dense_time': ('library_gated', 'library_dense'),
+      'gated_over_dense_time_python_loop': ('library_gated_python_loop', 'library_dense_python_loop'),
+      'dense_over_reference_time': ('library_dense', 'hand_written_reference'),
+  }
+  for name, (slower, reference) in ratios.items():
+    results[name] = round(results[reference]['steps_per_sec_median'] / results[slower]['steps_per_sec_median'], 3)
   print(json.dumps({
       'benchmark': 'sinusoid_meta_step_speed',
       'config': {'hidden': [40, 40], 'meta_batch_size': META_BATCH, 'shots': SHOTS, 'inner_steps': 1,

@@ -17,6 +17,7 @@ from metaprune_jax.data import omniglot as omniglot_data
 from metaprune_jax.data import rotations as rotations_lib
 from metaprune_jax.nets import conv
 from metaprune_jax.nets import mlp
+from metaprune_jax.tasks import augment
 from metaprune_jax.tasks import omniglot as omniglot_tasks
 from metaprune_jax.tasks import sinusoid
 
@@ -136,6 +137,10 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
       raise _invalid(field, config[field], 'must be a positive integer')
   if config.eval_split not in ('test', 'validation'):
     raise _invalid('eval_split', config.eval_split, "use 'test' or 'validation'")
+  train_shift = config.get('train_shift', 0)
+  if isinstance(train_shift, bool) or not isinstance(train_shift, int) or not 0 <= 2 * train_shift < config.image_size:
+    raise _invalid('train_shift', train_shift,
+                   f'use an integer number of pixels in [0, {(int(config.image_size) - 1) // 2}] (0: no shifts)')
   conv.resolve_method(config.conv_method)
   if conv.feature_size(int(config.image_size), int(config.conv_depth)) < 1:
     raise _invalid('conv_depth', config.conv_depth, f'{config.conv_depth} max-pools halve image_size='
@@ -174,8 +179,13 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     return conv.conv4_features(params, images, method=method)
 
   def train_sampler(key, num_tasks):
-    return as_float(omniglot_tasks.sample_episodes(key, train_images, num_tasks=num_tasks, ways=ways, shots=shots,
-                                                   queries=queries))
+    if train_shift:  # The key is split only when shifting, so train_shift=0 keeps every seed's episodes.
+      key, shift_key = jax.random.split(key)
+    tasks = omniglot_tasks.sample_episodes(key, train_images, num_tasks=num_tasks, ways=ways, shots=shots,
+                                           queries=queries)
+    if train_shift:
+      tasks = augment.shift_episodes(shift_key, tasks, train_shift)
+    return as_float(tasks)
 
   sample_eval = jax.jit(lambda key, num_tasks, shots, ways: as_float(omniglot_tasks.sample_episodes(
       key, eval_images, num_tasks=num_tasks, ways=ways, shots=shots, queries=int(config.eval_num_query))),

@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.queries = 5             # Query images per class.
   config.num_shots = config.get_ref('shots')    # Aliases read by the generic validation.
   config.num_query = config.get_ref('queries')
+  config.train_shift = 0         # > 0: shift each meta-training image by up to this many pixels (augmentation).
 
   # Model: Conv-4.
   config.conv_width = 64

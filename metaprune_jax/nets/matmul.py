@@ -28,12 +28,11 @@ def _pinned(a: jax.Array) -> jax.Array:
   """``a`` as XLA must materialise it on CPU: no transpose folds across this point.
 
   Other backends' dot emitters take any operand layout, so there it is the
-  identity and XLA may fold freely (the backend is read at trace time, like
-  ``nets.conv.resolve_method``).
+  identity and XLA may fold freely. The choice is ``lax.platform_dependent``:
+  made when the step is lowered for the device it runs on, not from the
+  default backend at trace time.
   """
-  if jax.default_backend() != 'cpu':
-    return a
-  return jax.lax.optimization_barrier(a)
+  return jax.lax.platform_dependent(a, cpu=jax.lax.optimization_barrier, default=lambda x: x)
 
 
 def _materialised_transpose(a: jax.Array) -> jax.Array:

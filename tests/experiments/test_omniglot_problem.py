@@ -78,7 +78,26 @@ def test_episodes_come_from_held_out_characters():
   assert not names(splits.train) & names(splits.test)
 
 
+def test_train_shift_moves_meta_training_images_only():
+  plain, shifted = problems.get_problem(_config()), problems.get_problem(_config(train_shift=2))
+  key = jax.random.key(4)
+  base = plain.train_sampler(key, 3)
+  split_key, _ = jax.random.split(key)
+  unshifted = plain.train_sampler(split_key, 3)  # The episodes train_shift draws its classes from.
+  moved = shifted.train_sampler(key, 3)
+  np.testing.assert_array_equal(moved.support_targets, unshifted.support_targets)
+  assert not np.array_equal(np.asarray(moved.support_inputs), np.asarray(unshifted.support_inputs))
+  # Shifting only moves strokes (zero fill): no image gains ink, some lose what leaves the 16x16 frame.
+  ink = lambda x: np.asarray(x).sum(axis=(-3, -2, -1))  # pylint: disable=unnecessary-lambda-assignment
+  assert np.all(ink(moved.query_inputs) <= ink(unshifted.query_inputs) + 1e-3)
+  for a, b in zip(plain.eval_sampler(key, 2, 1), shifted.eval_sampler(key, 2, 1)):  # Evaluation unchanged.
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(np.asarray(base.support_inputs), np.asarray(moved.support_inputs))
+
+
 @pytest.mark.parametrize('overrides, field', [
+    ({'train_shift': 8}, '--config.train_shift=8'),
+    ({'train_shift': -1}, '--config.train_shift=-1'),
     ({'ways': 999}, '--config.ways=999'),
     ({'shots': 10, 'queries': 11}, '--config.shots=10'),
     ({'eval_ways': (5,)}, '--config.eval_ways'),               # MAML's head is 3-way.

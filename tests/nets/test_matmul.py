@@ -74,6 +74,15 @@ def test_weight_gradient_uses_no_leading_axis_contraction_on_cpu(k, n):
   assert not any('lhs_batch_dims={0}, lhs_contracting_dims={1}' in line for line in dots), dots
 
 
+@pytest.mark.parametrize('platform, pinned', [('cpu', True), ('cuda', False), ('tpu', False)])
+def test_barrier_is_chosen_for_the_platform_the_step_is_lowered_for(platform, pinned):
+  """The CPU-only barrier follows the lowering platform, not the default backend at trace time."""
+  x, w = _operands(5, 3, batched_w=False)
+  grad = jax.jit(jax.grad(_loss(matmul.matmul), 1))
+  text = grad.trace(x, w).lower(lowering_platforms=(platform,)).as_text()
+  assert ('optimization_barrier' in text) == pinned
+
+
 def test_mlp_layout_matmul_switch_same_outputs_and_forward_mode():
   """Default MLP: same params / outputs / gradients as plain Dense; ``layout_matmul=False`` allows forward mode."""
   x = jax.random.normal(jax.random.key(2), (7, 1))
