@@ -136,6 +136,18 @@ def _hand_written(first_order: bool, steps_per_call: int = 1, layout_matmul: boo
   return plain_maml_step(task_loss, params, steps_per_call)
 
 
+def _masked_maml_loss(loss, params, flat_mask, gated, first_order, xs, ys, xq, yq):
+  """One task's query loss after an inner SGD step, the ``gated`` kernels multiplied by slices of ``flat_mask``."""
+  sizes = [params[name].size for name in gated]
+  z = dict(zip(gated, (m.reshape(params[n].shape)
+                       for n, m in zip(gated, jnp.split(flat_mask, list(itertools.accumulate(sizes))[:-1])))))
+  masked = lambda p: {n: v * z[n] if n in z else v for n, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
+  g = jax.grad(lambda p: loss(masked(p), xs, ys))(params)
+  if first_order:
+    g = jax.lax.stop_gradient(g)
+  return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, params, g)), xq, yq)
+
+
 def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
   """The same hand-written MAML with per-weight hard-concrete gates, a sample per task, kept minimal.
 
@@ -151,13 +163,7 @@ def _hand_written_gated(first_order: bool, steps_per_call: int = 1):
 
   def task_loss(meta, u, xs, ys, xq, yq):
     flat = hard_concrete.gates_from_noise(meta['gates'], u, hc)
-    z = dict(zip(gated, (g.reshape(params[n].shape)
-                         for n, g in zip(gated, jnp.split(flat, list(itertools.accumulate(sizes))[:-1])))))
-    masked = lambda p: {n: v * z[n] if n in z else v for n, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
-    g = jax.grad(lambda p: loss(masked(p), xs, ys))(meta['params'])
-    if first_order:
-      g = jax.lax.stop_gradient(g)
-    return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, meta['params'], g)), xq, yq)
+    return _masked_maml_loss(loss, meta['params'], flat, gated, first_order, xs, ys, xq, yq)
 
   meta = {'params': params, 'gates': jnp.full((sum(sizes),), 3.0, jnp.float32)}
   penalty = lambda meta: 1e-4 * jnp.sum(hard_concrete.prob_nonzero(meta['gates'], hc))  # pylint: disable=unnecessary-lambda-assignment
@@ -179,14 +185,7 @@ def _per_task_masks_floor(first_order: bool, steps_per_call: int = 1):
   sizes = [params[name].size for name in gated]
 
   def task_loss(p, u, xs, ys, xq, yq):
-    keep = (u > 0.1).astype(jnp.float32)
-    z = dict(zip(gated, (g.reshape(params[n].shape)
-                         for n, g in zip(gated, jnp.split(keep, list(itertools.accumulate(sizes))[:-1])))))
-    masked = lambda q: {n: v * z[n] if n in z else v for n, v in q.items()}  # pylint: disable=unnecessary-lambda-assignment
-    g = jax.grad(lambda q: loss(masked(q), xs, ys))(p)
-    if first_order:
-      g = jax.lax.stop_gradient(g)
-    return loss(masked(jax.tree.map(lambda a, b: a - INNER_LR * b, p, g)), xq, yq)
+    return _masked_maml_loss(loss, p, (u > 0.1).astype(jnp.float32), gated, first_order, xs, ys, xq, yq)
 
   return plain_maml_step(task_loss, params, steps_per_call, noise_size=sum(sizes))
 
