@@ -59,8 +59,6 @@ def test_tiny_meta_pruner_run_reports_the_structure_of_the_task_masks(tmp_path):
     (dict(algorithm='protonet', mask='none', conv_method='patches'), 'patches'),  # Explicit choice kept.
 ])
 def test_auto_conv_method_is_conv_only_where_tasks_share_weights(overrides, expected):
-  if jax.default_backend() != 'cpu':
-    pytest.skip("'auto' is 'conv' on accelerators")
   assert problems.conv_method(_config(**overrides)) == expected
 
 
