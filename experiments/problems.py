@@ -118,7 +118,7 @@ def conv_method(config: ml_collections.ConfigDict) -> str:
   when every task of a vmapped call computes with the same weights, and
   ``'patches'`` when they differ per task (adapted MAML copies, per-task gate
   samples or per-task meta-pruner masks), where ``vmap`` would turn ``'conv'``
-  into a grouped convolution (~20x slower on the CPU, 2.3x on the H200). The
+  into a grouped convolution (18-37x slower on the CPU, 2.3x on the H200). The
   choice does not depend on the backend. Weights are shared across tasks for
   prototypical networks that are dense, draw one gate sample per meta-step
   (``gate_sample_scope='batch'``), or run one task per meta-step; evaluation

@@ -41,7 +41,7 @@ Formulations of the convolution (``method``):
 * ``'auto'``: ``'patches'`` on every backend, the formulation for per-task
   weights. Measured with second-order MAML, meta-batch 32, Conv-4 64
   (``benchmarks/omniglot_step_speed.py``, WORKSPACE.md): on the 2-core CPU
-  ``'patches'`` runs ~20x faster than the grouped convolution, and on an H200
+  ``'patches'`` runs 18-37x faster than the grouped convolution, and on an H200
   GPU 2.3x faster (292 against 125 meta-steps/s). The launcher refines it
   (``experiments.problems.conv_method``): where every task of a vmapped call
   uses the same weights (dense prototypical networks, for example) the
