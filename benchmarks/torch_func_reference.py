@@ -21,8 +21,8 @@ hand, beside ``benchmarks/omniglot_step_speed.py`` (the library's step):
 
 It prints JSON: the median seconds per meta-step over ``--steps`` timed steps
 after ``--warmup`` untimed ones (the update included), meta-steps/s, and the
-torch version and thread count. ``--check`` instead prints the meta-loss and the
-meta-gradient of one fixed batch for the cross-check in
+torch version and thread count. ``meta_loss_and_grads`` returns the meta-loss
+and meta-gradient of NumPy arrays, for the cross-check in
 ``tests/benchmarks/test_torch_func_reference.py`` (same maths as the library's
 ``--config.algorithm=maml`` task loss).
 
@@ -140,6 +140,7 @@ def main(argv):
       torch.cuda.synchronize()
     return float(loss)
 
+  load_average = list(os.getloadavg()) if _DEVICE.value == 'cpu' else None
   times, losses = [], []
   for i in range(_WARMUP.value + _STEPS.value):
     start = time.perf_counter()
@@ -153,19 +154,15 @@ def main(argv):
                  'width': WIDTH, 'depth': DEPTH, 'meta_batch_size': _META_BATCH_SIZE.value, 'inner_steps': 1,
                  'inner_lr': INNER_LR, 'second_order': True, 'outer_optimizer': 'adam', 'outer_lr': OUTER_LR},
       'batch_norm': _BATCH_NORM.value, 'device': _DEVICE.value, 'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-      'load_average_before': None if _DEVICE.value != 'cpu' else list(os.getloadavg()),
+      'load_average_before': load_average,
       'timed_steps': len(times), 'median_step_s': round(median, 4), 'meta_steps_per_s': round(1.0 / median, 3),
       'first_last_meta_loss': [round(losses[0], 4), round(losses[-1], 4)]}, indent=2))
 
 
-def check(params_npz: str, batch_npz: str) -> dict[str, np.ndarray]:
-  """Meta-loss and meta-gradient (torch layout) of the arrays in two ``.npz`` files (for the cross-check test)."""
-  with np.load(params_npz) as loaded:
-    params = {k: torch.from_numpy(loaded[k]) for k in loaded.files}
-  with np.load(batch_npz) as loaded:
-    batch = tuple(torch.from_numpy(loaded[k]) for k in ('support_images', 'support_labels', 'query_images',
-                                                         'query_labels'))
-  grads, loss = meta_grad_and_loss(params, batch, 'ops')
+def meta_loss_and_grads(params: dict[str, np.ndarray], batch: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+  """Meta-loss (``'loss'``) and meta-gradient (torch names and layouts) of NumPy params and a ``random_batch``-like batch."""
+  grads, loss = meta_grad_and_loss({k: torch.tensor(v) for k, v in params.items()},
+                                   tuple(torch.tensor(x) for x in batch), 'ops')
   return {'loss': loss.detach().numpy(), **{k: v.detach().numpy() for k, v in grads.items()}}
 
 
