@@ -15,7 +15,7 @@ variant runs ``--steps`` calls (round-robin, so a change in machine load hits
 all variants alike), ``block_until_ready`` at the end of each; medians reported.
 
 ``*_K_per_call`` variants run K meta-steps per jitted call (``lax.scan``;
-``make_meta_step(steps_per_call=K)``, ``--config.steps_per_call`` in the
+``compile_step(step, steps_per_call=K)``, ``--config.run.steps_per_call`` in the
 launcher), the hand-written reference likewise, so per-call dispatch is paid
 once per K steps by both.
 
@@ -38,7 +38,10 @@ from absl import flags
 from metaprune_jax import losses
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import noise
+from metaprune_jax.meta import gate_source
 from metaprune_jax.meta import maml
+from metaprune_jax.meta import optimizer as outer_optimizer
+from metaprune_jax.meta import settings as settings_lib
 from metaprune_jax.meta import step as meta_step
 from metaprune_jax.nets import matmul
 from metaprune_jax.nets import mlp
@@ -90,15 +93,15 @@ def _library(gated: bool, first_order: bool, granularity: str, python_loop: bool
   model = mlp.make_mlp((40, 40), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   gates = hard_concrete.init_gate_logits(params, granularity) if gated else None
-  optimizer = meta_step.make_outer_optimizer(1e-3, 1e-2)
+  optimizer = outer_optimizer.outer_optimizer({'params': 1e-3, 'gate_logits': 1e-2})
   state = meta_step.init_meta_state(jax.random.key(1), params, gates, optimizer)
   sampler = lambda key, n: sinusoid.sample_sinusoid_tasks(key, num_tasks=n, num_support=SHOTS, num_query=SHOTS)
-  step = meta_step.make_meta_step(sampler, losses.mse_loss(model.apply), optimizer, meta_batch_size=META_BATCH,
-                                  settings=maml.InnerSettings(inner_lr=INNER_LR, first_order=first_order,
-                                                              python_loop=python_loop,
-                                                              gate_sample_scope=scope),
-                                  steps_per_call=steps_per_call)
-  return step, state
+  learner = maml.maml(losses.mse_loss(model.apply),
+                      execution=settings_lib.Execution(python_loop=python_loop, gate_sample_scope=scope))
+  step = meta_step.make_meta_step(sampler, learner, optimizer, meta_batch_size=META_BATCH,
+                                  settings=settings_lib.InnerSettings(inner_lr=INNER_LR, first_order=first_order),
+                                  gates=gate_source.shared_gates() if gated else gate_source.no_gates())
+  return meta_step.compile_step(step, steps_per_call=steps_per_call), state
 
 
 def _plain_mlp(layout_matmul: bool = False):

@@ -16,7 +16,7 @@ cores, so this checks for sharding overhead, not for speed-up; on GPUs/TPUs run
 with ``--num_devices`` equal to the local device count (no forced devices).
 
 ``--steps_per_call=K`` runs K meta-steps per jitted call in every setting (the
-launcher's ``--config.steps_per_call``), so the per-call cost of dispatching
+launcher's ``--config.run.steps_per_call``), so the per-call cost of dispatching
 N device programs is paid once per K steps.
 
 Usage: python -m benchmarks.multi_device [--num_devices=4 --steps=200 --repeats=5 --steps_per_call=1]
@@ -41,9 +41,9 @@ _STEPS_PER_CALL = flags.DEFINE_integer('steps_per_call', 1, 'Meta-steps per jitt
 _CHILD = flags.DEFINE_string('child', None, 'Internal: run one setting in this process (mesh size).')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# name -> config overrides on experiments/configs/smoke.py (meta-batch divisible by 4 and 8).
-MODELS = {'paper_2x40_batch24': {'hidden_sizes': (40, 40), 'meta_batch_size': 24},
-          'smoke_2x8_batch8': {'meta_batch_size': 8}}
+# name -> config overrides (dotted paths) on experiments/configs/smoke.py (meta-batch divisible by 4 and 8).
+MODELS = {'paper_2x40_batch24': {'model.hidden_sizes': (40, 40), 'outer.meta_batch_size': 24},
+          'smoke_2x8_batch8': {'outer.meta_batch_size': 8}}
 
 
 def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1) -> dict:
@@ -52,20 +52,26 @@ def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1)
   from experiments import train  # pylint: disable=g-import-not-at-top
   from experiments.configs import smoke  # pylint: disable=g-import-not-at-top
   from metaprune_jax.meta import sharding  # pylint: disable=g-import-not-at-top
+  from metaprune_jax.meta import gate_source  # pylint: disable=g-import-not-at-top
   from metaprune_jax.meta import step as meta_step  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(mesh_devices)
   out = {'device_count': jax.device_count(), 'mesh_devices': mesh_devices, 'models': {}}
   for name, overrides in MODELS.items():
     config = smoke.get_config()
-    config.update(overrides)
+    for path, value in overrides.items():
+      section, field = path.split('.')
+      config[section][field] = value
     problem = problems.get_problem(config)
     state, optimizer = train.init_state(config, problem)
     state = sharding.replicate(state, mesh)
-    step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
-                                       meta_batch_size=config.meta_batch_size, settings=train.inner_settings(config),
-                                       objective=train._objective(config), mesh=mesh,  # pylint: disable=protected-access
-                                       steps_per_call=steps_per_call)
+    gates = (gate_source.no_gates() if state.meta_params['gate_logits'] is None
+             else gate_source.shared_gates(train._hc(config)))  # pylint: disable=protected-access
+    step_fn = meta_step.make_meta_step(problem.train_sampler, train.learner_for(config, problem), optimizer,
+                                       meta_batch_size=config.outer.meta_batch_size, settings=train.inner_settings(config),
+                                       gates=gates, objective=train._objective(config),  # pylint: disable=protected-access
+                                       mesh=mesh)
+    step_fn = meta_step.compile_step(step_fn, steps_per_call=steps_per_call, mesh=mesh)
     t0 = time.perf_counter()
     state, metrics = step_fn(state)
     jax.block_until_ready(metrics)
@@ -81,8 +87,8 @@ def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1)
                            'steps_per_sec_median': round(statistics.median(rates), 1),
                            'steps_per_sec_all': [round(r, 1) for r in rates]}
   config = smoke.get_config()
-  config.meta_batch_size, config.num_devices, config.tensorboard = 8, mesh_devices, False
-  config.steps_per_call = steps_per_call
+  config.outer.meta_batch_size, config.run.num_devices, config.run.tensorboard = 8, mesh_devices, False
+  config.run.steps_per_call = steps_per_call
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.perf_counter()
     summary = train.run(config, workdir)

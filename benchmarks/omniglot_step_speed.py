@@ -12,7 +12,7 @@ shared: the JSON records the load average before and after.
 Run::
 
   python -m benchmarks.omniglot_step_speed [--steps=10] [--variants=dense,gated] [--algorithm=maml]
-  # ProtoNet training step as in WORKSPACE.md (one 20-way 1-shot episode, 5 queries per class):
+  # ProtoNet training step (one 20-way 1-shot episode, 5 queries per class):
   python -m benchmarks.omniglot_step_speed --algorithm=protonet --meta_batch_size=1 --ways=20 --queries=5
 """
 
@@ -28,6 +28,7 @@ import jax
 from experiments import problems
 from experiments import train
 from experiments.configs import omniglot as omniglot_config
+from metaprune_jax.meta import gate_source
 from metaprune_jax.meta import step as meta_step
 
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed meta-steps (median reported).')
@@ -45,16 +46,16 @@ _PYTHON_LOOP = flags.DEFINE_bool('inner_python_loop', True, 'Unroll the inner st
 
 def bench_config(variant: str):
   config = omniglot_config.get_config()
-  config.ways, config.shots, config.queries = _WAYS.value, 1, _QUERIES.value
-  config.conv_width, config.conv_depth = 64, 4
-  config.meta_batch_size = _META_BATCH_SIZE.value
-  config.num_inner_steps, config.first_order = 1, False
+  config.task.ways, config.task.shots, config.task.queries = _WAYS.value, 1, _QUERIES.value
+  config.model.conv_width, config.model.conv_depth = 64, 4
+  config.outer.meta_batch_size = _META_BATCH_SIZE.value
+  config.inner.num_inner_steps, config.inner.first_order = 1, False
   config.algorithm = _ALGORITHM.value
-  config.inner_python_loop = _PYTHON_LOOP.value
-  config.task_chunk_size = _CHUNK.value
-  config.conv_method = _METHOD.value
-  config.mask = 'none' if variant == 'dense' else 'hard_concrete'
-  config.eval_ways = (5,)
+  config.execution.python_loop = _PYTHON_LOOP.value
+  config.execution.task_chunk_size = _CHUNK.value
+  config.execution.conv_method = _METHOD.value
+  config.gates.mask = 'none' if variant == 'dense' else 'hard_concrete'
+  config.eval.ways = (5,)
   return config
 
 
@@ -62,10 +63,12 @@ def bench(variant: str) -> dict:
   config = bench_config(variant)
   problem = problems.get_problem(config)
   state, optimizer = train.init_state(config, problem)
-  step = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
-                                  meta_batch_size=int(config.meta_batch_size), settings=train.inner_settings(config),
-                                  objective=train._objective(config),  # pylint: disable=protected-access
-                                  learner=train.learner_for(config, problem))
+  gates = (gate_source.no_gates() if state.meta_params['gate_logits'] is None
+           else gate_source.shared_gates(train._hc(config)))  # pylint: disable=protected-access
+  step = meta_step.make_meta_step(problem.train_sampler, train.learner_for(config, problem), optimizer,
+                                  meta_batch_size=int(config.outer.meta_batch_size), settings=train.inner_settings(config),
+                                  gates=gates, objective=train._objective(config))  # pylint: disable=protected-access
+  step = meta_step.compile_step(step)
   start = time.perf_counter()
   compiled = step.lower(state).compile()
   compile_s = time.perf_counter() - start

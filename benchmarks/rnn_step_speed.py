@@ -2,9 +2,9 @@
 
 Each variant is the launcher's own step (``experiments/configs/{sequence,strokes}.py``
 through ``train.init_state`` and ``step.make_meta_step``: tasks sampled inside the
-jitted step, inner loop and gates as configured), with ``--config.FIELD=VALUE``-style
-overrides from ``--sequence_overrides`` / ``--strokes_overrides``. Variants:
-dense (``mask=none``) and gated (the config's gates: per-weight for
+jitted step, inner loop and gates as configured), with ``SECTION.FIELD=VALUE``
+overrides from ``--sequence_overrides`` / ``--strokes_overrides`` (e.g. ``model.hidden_size=64``). Variants:
+dense (``gates.mask=none``) and gated (the config's gates: per-weight for
 ``sequence``, one gate per hidden unit for ``strokes``). Compile (first call) is
 timed separately; then ``--rounds`` rounds in which every variant of a task runs
 ``--sequence_steps`` (``--strokes_steps``) calls round-robin, ``block_until_ready`` after each; medians reported.
@@ -26,27 +26,29 @@ from experiments import problems
 from experiments import train
 from experiments.configs import sequence as sequence_config
 from experiments.configs import strokes as strokes_config
+from metaprune_jax.meta import gate_source
 from metaprune_jax.meta import step as meta_step
+from metaprune_jax.nets import rnn
 
 _TASKS = flags.DEFINE_list('tasks', ['sequence', 'strokes'], 'Task families to time.')
 _STEPS = flags.DEFINE_integer('sequence_steps', 50, 'Meta-steps per timing for sequence.')
 _STROKES_STEPS = flags.DEFINE_integer('strokes_steps', 5, 'Meta-steps per timing for strokes (slow).')
 _REPEATS = flags.DEFINE_integer('rounds', 5, 'Timings per variant (median reported).')
-_SEQUENCE_OVERRIDES = flags.DEFINE_list('sequence_overrides', [], 'FIELD=VALUE config overrides.')
-_STROKES_OVERRIDES = flags.DEFINE_list('strokes_overrides', [], 'FIELD=VALUE config overrides.')
+_SEQUENCE_OVERRIDES = flags.DEFINE_list('sequence_overrides', [], 'SECTION.FIELD=VALUE config overrides.')
+_STROKES_OVERRIDES = flags.DEFINE_list('strokes_overrides', [], 'SECTION.FIELD=VALUE config overrides.')
 
 _CONFIGS = {'sequence': sequence_config, 'strokes': strokes_config}
 
 
 def _config(task: str, mask: str, overrides):
   config = _CONFIGS[task].get_config()
-  config.mask = mask
+  config.gates.mask = mask
   for item in overrides:
-    field, value = item.split('=', 1)
-    current = config[field]
-    config[field] = value if isinstance(current, str) else type(current)(json.loads(value.lower()
-                                                                                    if value in ('True', 'False')
-                                                                                    else value))
+    path, value = item.split('=', 1)
+    section, field = path.split('.')
+    current = config[section][field]
+    config[section][field] = value if isinstance(current, str) else type(current)(
+        json.loads(value.lower() if value in ('True', 'False') else value))
   train.validate_config(config)
   return config
 
@@ -54,18 +56,23 @@ def _config(task: str, mask: str, overrides):
 def _variant(config):
   problem = problems.get_problem(config)
   state, optimizer = train.init_state(config, problem)
-  step = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
-                                  meta_batch_size=int(config.meta_batch_size),
-                                  settings=train.inner_settings(config),
+  gates = (gate_source.no_gates() if state.meta_params['gate_logits'] is None
+           else gate_source.shared_gates(train._hc(config),  # pylint: disable=protected-access
+                                         target_sparsity=float(config.sparsity.target_sparsity),
+                                         expand_units=rnn.unit_keep_factors))
+  step = meta_step.make_meta_step(problem.train_sampler, train.learner_for(config, problem), optimizer,
+                                  meta_batch_size=int(config.outer.meta_batch_size),
+                                  settings=train.inner_settings(config), gates=gates,
                                   objective=train._objective(config),  # pylint: disable=protected-access
                                   harden_step=train.harden_step(config))
-  return step, state
+  return meta_step.compile_step(step), state
 
 
 def _settings(config) -> dict:
-  fields = ('cell', 'hidden_size', 'meta_batch_size', 'num_shots', 'num_query', 'num_inner_steps', 'first_order',
-            'granularity', 'inner_python_loop', 'context_length', 'horizon', 'ways', 'num_points')
-  return {f: config[f] for f in fields if f in config}
+  paths = ('model.cell', 'model.hidden_size', 'outer.meta_batch_size', 'task.num_shots', 'task.num_query',
+           'inner.num_inner_steps', 'inner.first_order', 'gates.granularity', 'execution.python_loop',
+           'task.context_length', 'task.horizon', 'task.ways', 'task.num_points')
+  return {p: config[p.split('.')[0]][p.split('.')[1]] for p in paths if p.split('.')[1] in config[p.split('.')[0]]}
 
 
 def main(argv):

@@ -42,8 +42,9 @@ from experiments import problems
 from experiments import train
 from experiments.configs import sequence as sequence_config
 from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import masking
 from metaprune_jax.meta import evaluate
-from metaprune_jax.nets import masked
+from metaprune_jax.meta import maml
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/sequence_bar', 'Holds the two meta-training runs (resumed).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seeds training and the held-out tasks.')
@@ -60,12 +61,12 @@ _CHUNK = 100
 def _config(mask: str) -> ml_collections.ConfigDict:
   config = sequence_config.get_config()
   config.seed = _SEED.value
-  config.mask = mask
-  config.dense_reference = False
-  config.eval_num_tasks = _NUM_TASKS.value
+  config.gates.mask = mask
+  config.eval.dense_reference = False
+  config.eval.num_tasks = _NUM_TASKS.value
   if _OUTER_STEPS.value:
-    config.num_outer_steps = _OUTER_STEPS.value
-    config.sparsity_warmup_steps = max(1, _OUTER_STEPS.value // 3)
+    config.outer.num_outer_steps = _OUTER_STEPS.value
+    config.sparsity.sparsity_warmup_steps = max(1, _OUTER_STEPS.value // 3)
   return config
 
 
@@ -81,7 +82,7 @@ def _make_scratch(problem, optimizer_name: str, num_steps: int):
     params = problem.init_params(init_key)
 
     def support_loss(p):
-      return problem.loss_fn(masked.apply_masks(p, masks), task.support_inputs, task.support_targets)
+      return problem.loss_fn(masking.apply_masks(p, masks), task.support_inputs, task.support_targets)
 
     def step(carry, _):
       p, opt_state = carry
@@ -90,7 +91,7 @@ def _make_scratch(problem, optimizer_name: str, num_steps: int):
     opt_state = optimizer.init(params)
     opt_state.hyperparams['learning_rate'] = lr
     (params, _), _ = jax.lax.scan(step, (params, opt_state), None, length=num_steps)
-    return problem.loss_fn(masked.apply_masks(params, masks), task.query_inputs, task.query_targets)
+    return problem.loss_fn(masking.apply_masks(params, masks), task.query_inputs, task.query_targets)
   return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
 
 
@@ -105,8 +106,8 @@ def _scratch_losses(run, tasks, masks, lr: float, key) -> np.ndarray:
 
 
 def _summary(values, before, config):
-  return evaluate.summarise(values, before, divergence_threshold=float(config.divergence_threshold),
-                            divergence_ratio=float(config.divergence_ratio))
+  return evaluate.summarise(values, before, divergence_threshold=float(config.eval.divergence_threshold),
+                            divergence_ratio=float(config.eval.divergence_ratio))
 
 
 def _compare(name: str, config, problem) -> dict:
@@ -122,13 +123,13 @@ def _compare(name: str, config, problem) -> dict:
   tasks = train.held_out_tasks(config, problem, _SHOTS.value)
   t0 = time.perf_counter()
   steps = _NUM_INNER_STEPS.value
-  settings = train.inner_settings(config, num_inner_steps=steps, inner_lr=float(config.eval_inner_lr))
-  traces = evaluate.query_loss_traces(meta_params, tasks, loss_fn=problem.loss_fn, settings=settings,
-                                      gate_mode='off' if masks is None else 'deterministic')
+  settings = train.inner_settings(config, num_inner_steps=steps, inner_lr=float(config.eval.inner_lr))
+  traces = evaluate.learner_traces(maml.maml(problem.loss_fn), meta_params, tasks, settings=settings,
+                                   gate_mode='off' if masks is None else 'deterministic')['loss']
   before = traces[:, 0]  # The meta init's loss before adapting: the divergence reference for every method.
   results = {'meta': _summary(traces[:, steps], before, config)}
   scratch_key = jax.random.fold_in(jax.random.key(config.seed), 0x5C7A)
-  sgd = _scratch_losses(_make_scratch(problem, 'sgd', steps), tasks, masks, float(config.eval_inner_lr),
+  sgd = _scratch_losses(_make_scratch(problem, 'sgd', steps), tasks, masks, float(config.eval.inner_lr),
                         scratch_key)
   results['scratch_sgd'] = _summary(sgd, None, config)
   adam, run_adam = {}, _make_scratch(problem, 'adam', _ADAM_STEPS.value)
@@ -149,7 +150,7 @@ def _compare(name: str, config, problem) -> dict:
       'ratio_lower': (best['mean'] - best['ci95']) / (meta['mean'] + meta['ci95']),
       'meets_5x': bool(best['mean'] / meta['mean'] >= 5.0),
       'train_seconds': train_seconds, 'meta_steps_per_sec': timings.get('train_seconds') and
-      (int(config.num_outer_steps) - timings['start_step'] - 1) / timings['train_seconds'],
+      (int(config.outer.num_outer_steps) - timings['start_step'] - 1) / timings['train_seconds'],
       'eval_seconds': time.perf_counter() - t0,
   }
 

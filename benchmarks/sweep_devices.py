@@ -43,9 +43,9 @@ METRIC = 'eval.sparse.shots_10.step_2.mean'
 
 SPEC = """
 def get_sweep():
-  return {{'method': 'grid', 'parameters': {{'num_devices': [{num_devices}]}}, 'seeds': list(range({runs})),
+  return {{'method': 'grid', 'parameters': {{'run.num_devices': [{num_devices}]}}, 'seeds': list(range({runs})),
           'config': 'experiments/configs/smoke.py',
-          'fixed': {{'meta_batch_size': 8, 'tensorboard': False}},
+          'fixed': {{'outer.meta_batch_size': 8, 'run.tensorboard': False}},
           'metric': '{metric}'}}
 """
 
@@ -91,7 +91,7 @@ def main(argv):
   max_metric_diff = {name: max(abs(m[seed] - reference[seed]) for seed in reference) for name, m in metrics.items()}
   print(json.dumps({
       'benchmark': 'sweep_devices', 'runs': runs, 'parallel': parallel, 'repeats': _REPEATS.value,
-      'config': 'experiments/configs/smoke.py, meta_batch_size=8', 'cpu_count': os.cpu_count(),
+      'config': 'experiments/configs/smoke.py, outer.meta_batch_size=8', 'cpu_count': os.cpu_count(),
       'load_avg_1min_before': load_before, 'load_avg_1min_after': os.getloadavg()[0],
       'median_wall_seconds': {k: round(v, 2) for k, v in medians.items()},
       'wall_ratio_over_1_device': {k: round(v / medians['1_device'], 3) for k, v in medians.items()},

@@ -1,4 +1,4 @@
-r"""The issue's PyTorch yardstick, measured here: second-order MAML on Conv-4 with ``torch.func``.
+r"""The issue's PyTorch yardstick: second-order MAML on Conv-4 with ``torch.func``.
 
 Issue 4's speed bar quotes "a PyTorch ``torch.func`` implementation of that
 configuration runs at about 2.2 meta-steps/s" on a 2-core CPU. This script is
@@ -16,8 +16,8 @@ hand, beside ``benchmarks/omniglot_step_speed.py`` (the library's step):
 * random images (speed only), fixed for the run; eager mode, no
   ``torch.compile``;
 * batch norm written from mean / variance ops (``--batch_norm=ops``, default):
-  ``F.batch_norm`` (``--batch_norm=fused``) gave wrong second-order gradients
-  under ``torch.func`` here (see ``batch_norm``).
+  ``F.batch_norm`` (``--batch_norm=fused``) is available for timing, but its
+  second-order gradients under ``torch.func`` are not trusted (see ``batch_norm``).
 
 It prints JSON: the median seconds per meta-step over ``--steps`` timed steps
 after ``--warmup`` untimed ones (the update included), meta-steps/s, and the
@@ -77,8 +77,8 @@ def batch_norm(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, metho
 
   ``method='ops'`` writes it from mean / variance ops; ``'fused'`` calls
   ``F.batch_norm(..., training=True)``, whose second-order gradient under
-  ``torch.func`` differed from the ops version (and from JAX) by 2-10% in float64
-  with torch 2.13 (WORKSPACE.md), so ``'ops'`` is the default.
+  ``torch.func`` disagrees with the ops version and with JAX (the finding is in
+  ``docs/notes/omniglot_speed.md``), so ``'ops'`` is the default.
   """
   if method == 'fused':
     return F.batch_norm(x, None, None, weight=scale, bias=offset, training=True, eps=EPSILON)

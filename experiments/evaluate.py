@@ -18,12 +18,9 @@ import os
 
 from absl import app
 from absl import flags
-import ml_collections
 import numpy as np
 
-from experiments import checkpoint
-from experiments import problems
-from experiments import train
+from experiments import build
 from metaprune_jax.data import episode_folders
 from metaprune_jax.meta import evaluate
 
@@ -32,44 +29,26 @@ _EPISODES = flags.DEFINE_string('episodes', None, 'Folder of episodes (see the m
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json).')
 _GATE_MODE = flags.DEFINE_enum('gate_mode', 'deterministic', ['deterministic', 'off'],
                                "'deterministic': the pruned network; 'off': the same weights without gates.")
-_DATA_DIR = flags.DEFINE_string('data_dir', None, "Overrides the run's config.data_dir (the training data is "
+_DATA_DIR = flags.DEFINE_string('data_dir', None, "Overrides the run's config.task.data_dir (the training data is "
                                 'read only to rebuild the model functions).')
-
-
-def load_run(workdir: str, data_dir: str | None = None):
-  """``(config, problem, meta_params)`` of the newest checkpoint in ``workdir``."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'--workdir={workdir!r} has no config.json; pass a folder written by '
-                            'python -m experiments.maml_prune.')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if data_dir:
-    config.data_dir = data_dir
-  problem = problems.get_problem(config)
-  template, _ = train.init_state(config, problem)
-  state = checkpoint.restore_latest(template, workdir)
-  if state is None:
-    raise FileNotFoundError(f'--workdir={workdir!r} has no checkpoint under checkpoints/; train it first.')
-  return config, problem, state.meta_params
 
 
 def evaluate_episodes(workdir: str, episodes_dir: str, *, gate_mode: str = 'deterministic',
                       data_dir: str | None = None) -> dict:
   """Accuracy (and loss) of the run in ``workdir`` on every episode in ``episodes_dir``."""
-  config, problem, meta_params = load_run(workdir, data_dir)
+  exp, state = build.load(workdir, data_dir=data_dir)
+  config, meta_params = exp.config, state.meta_params
   if meta_params.get('gate_logits') is None:
     gate_mode = 'off'
-  episodes = episode_folders.load_episode_folders(episodes_dir, image_size=int(config.image_size))
-  learner = train.learner_for(config, problem)
-  settings = train.inner_settings(config, inner_lr=float(config.eval_inner_lr))
+  episodes = episode_folders.load_episode_folders(episodes_dir, image_size=int(config.task.image_size))
+  learner, settings = exp.eval_learner, exp.settings._replace(inner_lr=float(config.eval.inner_lr))
   per_episode = []
   for episode in episodes:
     ways = len(episode.class_names)
-    if config.algorithm != 'protonet' and ways > int(config.ways):
+    if config.algorithm != 'protonet' and ways > int(config.task.ways):
       raise ValueError(f'episode {episode.name} has {ways} classes but the run was trained with '
-                       f'--config.ways={config.ways} and --config.algorithm={config.algorithm}; only protonet '
-                       'classifies any number of classes.')
+                       f'--config.task.ways={config.task.ways} and --config.algorithm={config.algorithm}; '
+                       'only protonet classifies any number of classes.')
     traces = evaluate.learner_traces(learner, meta_params, episode_folders.as_task_batch(episode),
                                      settings=settings, gate_mode=gate_mode)
     per_episode.append({'episode': episode.name, 'ways': ways, 'support': int(len(episode.support_targets)),
@@ -77,7 +56,7 @@ def evaluate_episodes(workdir: str, episodes_dir: str, *, gate_mode: str = 'dete
                         'accuracy': float(traces['accuracy'][0, -1]), 'loss': float(traces['loss'][0, -1])})
   accuracies = np.array([e['accuracy'] for e in per_episode])
   return {'workdir': workdir, 'episodes_dir': episodes_dir, 'algorithm': config.algorithm, 'gate_mode': gate_mode,
-          'num_inner_steps': int(config.num_inner_steps), 'image_size': int(config.image_size),
+          'num_inner_steps': int(config.inner.num_inner_steps), 'image_size': int(config.task.image_size),
           'mean_accuracy': float(accuracies.mean()), 'ci95': evaluate.confidence_interval_95(accuracies),
           'num_episodes': len(per_episode), 'episodes': per_episode}
 

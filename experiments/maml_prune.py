@@ -1,9 +1,11 @@
 """Meta-train a sparse MAML model: ``python -m experiments.maml_prune --task=sinusoid``.
 
-Flags: ``--task`` picks ``experiments/configs/<task>.py`` (or pass ``--config=FILE``);
-``--config.FIELD=VALUE`` overrides any config field; ``--workdir`` holds the
-outputs (rerun with the same workdir to resume); ``--seed`` overrides
-``config.seed``.
+Flags: ``--task`` picks ``experiments/configs/<task>.py`` (or pass ``--config=FILE``,
+whose ``task.name`` is the task); ``--config.SECTION.FIELD=VALUE`` overrides any
+config field (e.g. ``--config.sparsity.target_sparsity=0.95``); ``--workdir``
+holds the outputs (rerun with the same workdir to resume); ``--seed`` overrides
+``config.seed``. A bad task, config file or field fails with one ``error:`` line
+and exit status 2.
 """
 
 import os
@@ -14,8 +16,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import checkpoint
-from experiments import ops_config
+from metaprune_jax import checkpoint
+from experiments import build
+from experiments import config_check
 from experiments import problems
 from experiments import train
 from metaprune_jax.meta import sharding
@@ -23,36 +26,54 @@ from metaprune_jax.meta import sharding
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'configs')
 
 
+def _config_path(task: str) -> str:
+  return os.path.join(_CONFIG_DIR, f'{task}.py')
 
-_TASK_NAME = problems.task_from_argv(sys.argv)
-flags.DEFINE_string('task', 'sinusoid', f'Task family: one of {sorted(problems.PROBLEMS)}.')
+
+def _exit_with_error(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def precheck(argv: list[str]) -> str:
+  """The task of the command line; exits with one ``error:`` line if ``--task``, ``--config`` or a
+  ``--config.*`` override is wrong (before absl's flag parsing, which would print a traceback)."""
+  try:
+    return config_check.precheck_argv(argv, sorted(problems.PROBLEMS), _config_path)
+  except config_check.ConfigError as e:
+    _exit_with_error(str(e))
+
+
+flags.DEFINE_string('task', None, f'Task family: one of {sorted(problems.PROBLEMS)} (default: the --config '
+                    "file's task.name, else sinusoid).")
 flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<task>_seed<seed>). Reruns resume.')
 flags.DEFINE_integer('seed', None, 'Overrides config.seed.')
-config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, f'{_TASK_NAME}.py') if _TASK_NAME in problems.PROBLEMS else None,
-    'Config file; defaults to experiments/configs/<task>.py.', lock_config=True)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.task not in problems.PROBLEMS:
-    raise app.UsageError(f'--task={FLAGS.task!r} is unknown; valid tasks: {", ".join(sorted(problems.PROBLEMS))}.')
   config = FLAGS.config
-  checkpoint.quiet_orbax_logs()
-  sharding.initialize_distributed(ops_config.get(config, 'distributed'))  # Before any other JAX call.
-  with config.unlocked():
-    config.task = FLAGS.task
-    if FLAGS.seed is not None:
+  if FLAGS.seed is not None:
+    with config.unlocked():
       config.seed = FLAGS.seed
-  workdir = FLAGS.workdir or os.path.join('runs', f'{config.task}_seed{config.seed}')
+  try:
+    build.check(config)  # Before anything is logged: a bad value is the only line printed.
+  except ValueError as e:
+    _exit_with_error(str(e))
+  checkpoint.quiet_orbax_logs()
+  sharding.initialize_distributed(config.run.distributed)  # Before any other JAX call.
+  workdir = FLAGS.workdir or os.path.join('runs', f'{config.task.name}_seed{config.seed}')
   logging.info('Config:\n%s', config)
   try:
     train.run(config, workdir)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    _exit_with_error(str(e))
 
 
 if __name__ == '__main__':
+  _TASK = precheck(sys.argv)
+  config_flags.DEFINE_config_file('config', _config_path(_TASK),
+                                  'Config file; defaults to experiments/configs/<task>.py.', lock_config=True)
   app.run(main)

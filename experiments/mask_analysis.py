@@ -1,7 +1,7 @@
-"""How task-conditioned masks differ across held-out tasks (``--config.mask=meta_pruner`` runs).
+"""How task-conditioned masks differ across held-out tasks (``--config.gates.mask=meta_pruner`` runs).
 
-``analyse(config, meta_params, problem)`` draws the run's held-out tasks
-(``train.held_out_tasks``, first ``eval_shots`` entry), builds every task's
+``analyse(exp, meta_params)`` draws the run's held-out tasks
+(``evaluation.held_out_tasks``, first ``eval.shots`` entry), builds every task's
 deterministic mask (hardened to the target in target mode), and reports:
 
 * realised sparsity per task (mean, min, max): does every task meet the target?
@@ -17,11 +17,11 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from experiments import problems
-from metaprune_jax.masks import hard_concrete
+from experiments import build
+from experiments import evaluation
+from metaprune_jax.masks import sparsity
 from metaprune_jax.meta import inner
 from metaprune_jax.meta import meta_pruner
 
@@ -44,21 +44,23 @@ def _named_leaves(tree) -> list[tuple[str, jax.Array]]:
   return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 100) -> dict:
+def analyse(exp: build.Experiment, meta_params, *, num_tasks: int = 100) -> dict:
   """Per-task mask statistics on held-out tasks (module docstring)."""
-  from experiments import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-  shots = int(config.eval_shots[0])
-  ways = (config.get('eval_ways') or (None,))[0]
-  tasks = train.held_out_tasks(config, problem, shots, ways)
+  config, problem = exp.config, exp.problem
+  shots = int(config.eval.shots[0])
+  ways = (tuple(config.eval.ways) or (None,))[0]
+  tasks = evaluation.held_out_tasks(config, problem, shots, ways)
   tasks = jax.tree.map(lambda x: x[:num_tasks], tasks)
-  hc = train._hc(config)  # pylint: disable=protected-access
-  target = float(config.target_sparsity) if config.sparsity_mode == 'target' else None
+  hc = exp.settings.hc
+  target = float(config.sparsity.target_sparsity) if config.sparsity.sparsity_mode == 'target' else None
   features_fn = meta_pruner.task_features_fn(problem.embed_fn)
-  masks = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc))(
-      meta_params, tasks)
+  expand_units = problem.expand_units  # RNN hidden-unit coupling for harden and the counters (None: none).
+  masks = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc,
+                                                       expand_units=expand_units))(meta_params, tasks)
   params = meta_params['params']
-  gated = hard_concrete.num_gated_weights(params, meta_params['gate_logits'])
-  pruned = jax.vmap(lambda m: hard_concrete.pruned_per_leaf(params, m))(masks)  # Leaves [T] or None.
+  gated = sparsity.num_gated_weights(params, meta_params['gate_logits'], expand_units=expand_units)
+  # Leaves [T] or None.
+  pruned = jax.vmap(lambda m: sparsity.pruned_per_leaf(params, m, expand_units=expand_units))(masks)
   touched = [(name, count, param) for (name, count), param in zip(
       _named_leaves(pruned), jax.tree.leaves(jax.tree.map(lambda c, p: None if c is None else p, pruned, params,
                                                           is_leaf=lambda x: x is None)))]
@@ -72,10 +74,11 @@ def analyse(config, meta_params, problem: problems.Problem, *, num_tasks: int = 
 
   one = jax.tree.map(lambda x: x[:1], tasks)
   mask_seconds = _median_seconds(jax.jit(
-      lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc)), meta_params, one)
+      lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc,
+                                           expand_units=expand_units)), meta_params, one)
   single = jax.tree.map(lambda x: x[0], tasks)
   step_seconds = _median_seconds(jax.jit(lambda p, t: inner.sgd_step(
-      lambda q: problem.loss_fn(q, t.support_inputs, t.support_targets), p, float(config.eval_inner_lr))),
+      lambda q: problem.loss_fn(q, t.support_inputs, t.support_targets), p, float(config.eval.inner_lr))),
                                  params, single)
   analysis = {
       'num_tasks': int(per_task.shape[0]), 'shots': shots, 'target_sparsity': target,

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-NONFINITE_FIX = ('Lower --config.outer_lr or --config.inner_lr, set --config.grad_clip_norm, or pass '
-                 '--config.nonfinite=skip to drop non-finite updates and count them.')
+NONFINITE_FIX = ('Lower --config.outer.outer_lr or --config.inner.inner_lr, set --config.outer.grad_clip_norm, '
+                 'or pass --config.run.nonfinite=skip to drop non-finite updates and count them.')
 
 
 class NonfiniteGuard:

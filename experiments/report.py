@@ -51,7 +51,7 @@ def write_report(workdir: str, summary: dict, config) -> str:
            f"- workdir: `{os.path.abspath(workdir)}`; config: `config.json`; metrics: `metrics.jsonl`"
            + ('; TensorBoard: `tensorboard/`' if os.path.isdir(os.path.join(workdir, 'tensorboard')) else ''),
            f"- meta-steps: {summary['num_outer_steps']} (resumed at step {timings.get('start_step', 0)}); "
-           f"meta-batch {config.meta_batch_size}; devices {config.get('num_devices', 1)}",
+           f"meta-batch {config.outer.meta_batch_size}; devices {config.run.num_devices}",
            f"- non-finite updates skipped: {timings.get('skipped_steps', 0)}",
            f"- compile {timings.get('compile_seconds', 0):.1f} s, train {timings.get('train_seconds', 0):.1f} s"
            + (f" ({timings['steps_per_sec']:.1f} steps/s)" if 'steps_per_sec' in timings else '')
@@ -74,3 +74,23 @@ def write_report(workdir: str, summary: dict, config) -> str:
   with open(path, 'w') as f:
     f.write('\n'.join(lines))
   return path
+
+
+def format_summary(summary: dict) -> str:
+  """A human-readable table of the evaluation (mean +- 95% CI, median, diverged)."""
+  lines = [f"task={summary['task']} seed={summary['seed']} eval tasks={summary['eval_num_tasks']} "
+           f"realised sparsity={summary['sparsity']['realised_sparsity']:.3f} "
+           f"nonzero params={summary['sparsity']['nonzero_params']}/{summary['sparsity']['total_params']}"]
+  def add(name, results):
+    metric = summary['metric'] if summary['metric'] != 'accuracy' else 'loss'
+    metric = 'accuracy' if name.endswith('/accuracy') else metric
+    for shots, by_step in results.items():
+      for step, s in by_step.items():
+        lines.append(f"  {name:<16} {shots:<8} {step:<8} {metric} {s['mean']:.4f} +- {s['ci95']:.4f}"
+                     f"  median {s['median']:.4f}  diverged {s['num_diverged']}/{s['num_tasks']}")
+  for name, results in summary['eval'].items():
+    add(name, results)
+  if 'dense_reference' in summary:
+    for name, results in summary['dense_reference']['eval'].items():
+      add('dense_reference', results)
+  return '\n'.join(lines)

@@ -4,16 +4,18 @@
 the same dict (PyYAML is installed with orbax-checkpoint)::
 
     {'method': 'grid',                  # or 'random'
-     'parameters': {'target_sparsity': [0.5, 0.9],       # grid / random: a list of values
-                    'outer_lr': {'log_uniform': [1e-4, 1e-2]}},  # random only: uniform / log_uniform
+     # Dotted config paths (as in --config.SECTION.FIELD=VALUE).
+     'parameters': {'sparsity.target_sparsity': [0.5, 0.9],      # grid / random: a list of values
+                    'outer.outer_lr': {'log_uniform': [1e-4, 1e-2]}},  # random only: uniform / log_uniform
      'seeds': [0, 1],
      'num_samples': 8,                  # random only: parameter draws (each run with every seed)
      'random_seed': 0,                  # random only: the draws are reproducible
      'config': 'experiments/configs/smoke.py',  # optional; default experiments/configs/<task>.py
-     'fixed': {'num_outer_steps': 1000},        # optional; overrides shared by every run
+     'fixed': {'outer.num_outer_steps': 1000},  # optional; overrides shared by every run
      'metric': 'eval.sparse.shots_5.step_1.mean'}  # dotted path into summary.json
 
-Every run is ``experiments.maml_prune`` in its own process and its own workdir
+Every field is checked against the config file before anything runs (an unknown one
+names the closest valid path). Every run is ``experiments.maml_prune`` in its own process and its own workdir
 ``DIR/runs/<name>`` (so a run killed mid-way resumes from its checkpoint), up to
 ``--parallel`` at a time. A run whose ``summary.json`` exists is complete and
 is skipped when the sweep is restarted. At the end the summaries are gathered
@@ -37,6 +39,8 @@ import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
+
+from experiments import config_check
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -131,8 +135,22 @@ def _flag_value(value) -> str:
   return str(value)
 
 
+def config_path(task: str, spec: dict) -> str:
+  """The config file of every run: the spec's ``config``, else ``experiments/configs/<task>.py``."""
+  return spec.get('config') or os.path.join(ROOT, 'experiments', 'configs', f'{task}.py')
+
+
+def check_fields(task: str, spec: dict) -> None:
+  """Every swept and fixed field is a dotted leaf path of the config file (ConfigError naming the closest)."""
+  config = config_check.load_config_file(config_path(task, spec))
+  valid = sorted(config_check.leaf_paths(config))
+  for field in [*spec.get('parameters', {}), *spec.get('fixed', {})]:
+    if field not in valid:
+      raise config_check.ConfigError(config_check.unknown_field_message(field, valid))
+
+
 def run_command(task: str, spec: dict, run: dict, workdir: str) -> list[str]:
-  config = spec.get('config') or os.path.join(ROOT, 'experiments', 'configs', f'{task}.py')
+  config = config_path(task, spec)
   command = [sys.executable, '-m', 'experiments.maml_prune', f'--task={task}', f'--config={config}',
              f'--workdir={workdir}', f"--seed={run['seed']}"]
   for field, value in {**spec.get('fixed', {}), **run['overrides']}.items():
@@ -270,8 +288,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     spec = load_spec(FLAGS.sweep)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    check_fields(FLAGS.task, spec)
+  except ValueError as e:  # config_check.ConfigError too.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   with open(os.path.join(FLAGS.workdir, 'sweep.json'), 'w') as f:
     json.dump({'task': FLAGS.task, 'spec': spec, 'runs': expand(spec)}, f, indent=2)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from metaprune_jax import types
-from metaprune_jax.nets import masked
+from metaprune_jax.masks import masking
 
 
 def _dense_layers(params: types.Params) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -60,7 +60,7 @@ def mlp_flops(params: types.Params, masks: types.Masks | None = None) -> dict[st
     ``{'dense_flops', 'effective_flops', 'kernel_weights', 'nonzero_kernel_weights'}``
     as Python ints (see the module docstring for what is counted).
   """
-  effective = masked.apply_masks(params, masks)
+  effective = masking.apply_masks(params, masks)
   dense_flops = effective_flops = total = nonzero = 0
   for _, kernel, bias in _dense_layers(jax.device_get(effective)):
     n_in, n_out = kernel.shape
@@ -95,7 +95,7 @@ def conv4_flops(params: types.Params, masks: types.Masks | None = None, *, image
     ``nonzero_conv_weights``, ``conv_weight_sparsity``, ``conv_channels``,
     ``pruned_channels``, ``channel_sparsity`` (Python numbers).
   """
-  effective = jax.device_get(masked.apply_masks(params, masks))
+  effective = jax.device_get(masking.apply_masks(params, masks))
   side, dense = image_size, 0
   eff = total = nonzero = channels = pruned = 0
   i = 0

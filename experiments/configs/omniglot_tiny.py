@@ -5,22 +5,22 @@ from experiments.configs import omniglot
 
 def get_config():
   config = omniglot.get_config()
-  config.max_characters_per_alphabet = 2   # 16 characters.
-  config.split_sizes = (10, 2, 4)
-  config.cache_dir = ''
-  config.image_size = 16
-  config.conv_width = 8
-  config.conv_depth = 2
-  config.ways = 3
-  config.queries = 2
-  config.meta_batch_size = 2
-  config.num_outer_steps = 6
-  config.sparsity_warmup_steps = 2
-  config.eval_num_tasks = 4
-  config.eval_ways = (3,)
-  config.eval_shots = (1,)
-  config.eval_steps = (0, 1)
-  config.eval_num_query = 3
-  config.log_every_steps = 3
-  config.checkpoint_every_steps = 3
+  config.task.max_characters_per_alphabet = 2   # 16 characters.
+  config.task.split_sizes = (10, 2, 4)
+  config.task.cache_dir = ''
+  config.task.image_size = 16
+  config.task.ways = 3
+  config.task.queries = 2
+  config.model.conv_width = 8
+  config.model.conv_depth = 2
+  config.outer.meta_batch_size = 2
+  config.outer.num_outer_steps = 6
+  config.sparsity.sparsity_warmup_steps = 2
+  config.eval.num_tasks = 4
+  config.eval.ways = (3,)
+  config.eval.shots = (1,)
+  config.eval.steps = (0, 1)
+  config.eval.num_query = 3
+  config.run.log_every_steps = 3
+  config.run.checkpoint_every_steps = 3
   return config

@@ -1,16 +1,15 @@
 """Few-shot evaluation on fresh tasks: losses after k inner steps, with honest statistics.
 
-``query_loss_traces`` adapts every task (vmapped, chunked to bound memory) and
-records the query loss before and after each inner step. ``summarise`` turns the
+``learner_traces`` adapts every task with a learner (vmapped, chunked to bound
+memory) and records the query loss (and accuracy, for classification) before
+and after each inner step. ``summarise`` turns the
 per-task numbers at chosen steps into mean, 95% confidence interval, median and
 the count of diverged tasks (non-finite, above ``divergence_threshold``, or more
 than ``divergence_ratio`` times worse than before adaptation).
 The mean and its interval are over the tasks that did not diverge; the count of
 those that did is reported beside them, so a NaN is never silent.
-
-``learner_traces`` does the same for any learner of ``meta.learners`` and also
-returns the query accuracy of classification problems; ``summarise_accuracy``
-gives its mean +- 95% CI (accuracy never "diverges").
+``summarise_accuracy`` gives the accuracy's mean +- 95% CI (accuracy never
+"diverges").
 """
 
 import functools
@@ -18,46 +17,11 @@ import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from metaprune_jax import types
-from metaprune_jax.meta import learners
-from metaprune_jax.meta import maml
-
-
-@functools.partial(jax.jit, static_argnames=('loss_fn', 'settings', 'gate_mode'))
-def _traces(meta_params, tasks: types.TaskBatch, fixed_masks, *, loss_fn, settings, gate_mode):
-  return jax.vmap(
-      lambda task: maml.query_loss_trace(meta_params, task, loss_fn=loss_fn, settings=settings,
-                                         gate_mode=gate_mode, fixed_masks=fixed_masks),
-      in_axes=(0,))(tasks)
-
-
-def query_loss_traces(meta_params, tasks: types.TaskBatch, *, loss_fn: maml.LossFn,
-                      settings: maml.InnerSettings, gate_mode: str = 'deterministic',
-                      chunk_size: int = 200, fixed_masks=None) -> np.ndarray:
-  """Query loss of every task before and after each inner step.
-
-  Args:
-    meta_params: ``{'params': ..., 'gate_logits': ... or None}``.
-    tasks: ``TaskBatch`` with a leading ``[num_tasks]`` axis.
-    loss_fn: ``(params, inputs, targets) -> scalar``.
-    settings: inner-loop settings; ``num_inner_steps`` is the longest horizon.
-    gate_mode: ``'deterministic'`` (the sparse model) or ``'off'`` (dense counterpart).
-    chunk_size: tasks per jitted call.
-    fixed_masks: optional fixed mask tree (pruning baselines).
-
-  Returns:
-    ``[num_tasks, num_inner_steps + 1]`` float64 numpy array.
-  """
-  num_tasks = tasks.support_inputs.shape[0]
-  out = []
-  for start in range(0, num_tasks, chunk_size):
-    chunk = jax.tree.map(lambda x, s=start: x[s:s + chunk_size], tasks)
-    out.append(np.asarray(_traces(meta_params, chunk, fixed_masks, loss_fn=loss_fn, settings=settings,
-                                  gate_mode=gate_mode), np.float64))
-  return np.concatenate(out, axis=0)
+from metaprune_jax.meta.learner import Learner
+from metaprune_jax.meta.settings import InnerSettings
 
 
 @functools.partial(jax.jit, static_argnames=('learner', 'settings', 'gate_mode'))
@@ -68,19 +32,18 @@ def _learner_traces(meta_params, tasks: types.TaskBatch, fixed_masks, *, learner
       in_axes=(0,))(tasks)
 
 
-def learner_traces(learner: learners.Learner, meta_params, tasks: types.TaskBatch, *,
-                   settings: maml.InnerSettings, gate_mode: str = 'deterministic', chunk_size: int = 200,
+def learner_traces(learner: Learner, meta_params, tasks: types.TaskBatch, *,
+                   settings: InnerSettings, gate_mode: str = 'deterministic', chunk_size: int = 200,
                    fixed_masks=None) -> dict[str, np.ndarray]:
   """Query loss (and accuracy, for classification) of every task before and after each inner step.
 
   Args:
-    learner: from ``learners.get_learner``.
+    learner: from ``learners.get_learner`` (bound to its gate source).
     meta_params: ``{'params', 'gate_logits', *extra}``.
     tasks: ``TaskBatch`` with a leading ``[num_tasks]`` axis.
     settings: inner-loop settings; ``num_inner_steps`` is the longest horizon.
     gate_mode: ``'deterministic'`` or ``'off'``.
-    chunk_size: tasks per jitted call (bounds memory: a Conv-4 task of 20-way
-      5-shot holds ~400 images of activations).
+    chunk_size: tasks per jitted call (bounds memory).
     fixed_masks: optional fixed mask tree.
 
   Returns:

@@ -22,6 +22,7 @@ where ``layers`` mirrors the gate-logit tree with ``None`` for ungated leaves
 and ``{'row': [E, in] | None, 'col': [E, out], 'scale': []}`` for gated ones.
 """
 
+from collections.abc import Callable
 from collections.abc import Sequence
 
 import jax
@@ -29,6 +30,10 @@ import jax.numpy as jnp
 
 from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import harden as harden_lib
+from metaprune_jax.masks import sparsity
+from metaprune_jax.meta import adapt
+from metaprune_jax.meta import gate_source
 
 
 def _is_none(x) -> bool:
@@ -148,9 +153,6 @@ def mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
   return {name: jnp.sum(m * off_diagonal) / pairs for name, m in matrices.items()}
 
 
-HARDENED = 'meta_pruner_hardened'  # Static flag: the meta-step's branch after ``harden_step`` sets it True.
-
-
 def task_features_fn(embed_fn=None):
   """``(params, task) -> [n, feature_dim]``: the backbone's support embeddings, else the ``(x, y)`` pairs.
 
@@ -162,62 +164,73 @@ def task_features_fn(embed_fn=None):
   return lambda params, task: jax.lax.stop_gradient(embed_fn(params, task.support_inputs))
 
 
-def conditioned_learner(learner, features_fn, *, target_sparsity: float | None = None,
-                        hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()):
-  """Wraps a learner so that every task runs with its own gate logits; returns ``(learner, gate_density)``.
+def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
+                      target_sparsity: float | None = None,
+                      expand_units: Callable | None = None) -> gate_source.GateSource:
+  """Task-conditioned gates: every task runs with ``task_gate_logits`` of its own support set.
 
   Meta-parameters gain a ``'meta_pruner'`` group (``init_meta_pruner``);
-  ``'gate_logits'`` holds the shared base logits. Per task, the wrapped learner
+  ``'gate_logits'`` holds the shared base logits. Per task, the bound learner
   sees ``gate_logits = task_gate_logits(...)`` and otherwise runs unchanged (its
   gate noise, inner loop and outer loss). With ``target_sparsity`` set, each
-  task's logits are hardened to exactly that sparsity (``hard_concrete.harden``,
-  the task's own lowest logits pruned) at evaluation (``gate_mode='deterministic'``)
-  and, during training, once the meta-step sets ``HARDENED`` (prune -> fine-tune).
+  task's logits are hardened to exactly that sparsity (``masks.harden``, the
+  task's own lowest logits pruned) at evaluation (``gate_mode='deterministic'``)
+  and, during training, in the learner bound with ``hardened=True``.
 
   Args:
-    learner: a ``learners.Learner``.
     features_fn: ``(params, task) -> [n, feature_dim]`` (``task_features_fn``).
-    target_sparsity: the requested sparsity, or None (no hardening).
     hc: hard-concrete constants.
+    target_sparsity: the requested sparsity, or None (no hardening).
+    expand_units: the net's hidden-unit coupling (``masks.sparsity``), or None.
 
   Returns:
-    The wrapped learner, and ``gate_density(meta_params, tasks) -> scalar``: the
-    mean over tasks of each task's expected density (what the L0 term constrains).
+    A ``GateSource`` whose ``expected_density`` is the mean over tasks of each
+    task's expected density (a constant once hardened).
   """
-  from metaprune_jax.meta import learners  # pylint: disable=g-import-not-at-top
-
-  def with_task_gates(meta_params, task, gate_mode):
+  def with_task_gates(meta_params, task, gate_mode, hardened):
     params = meta_params['params']
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
                               features_fn(params, task))
-    if target_sparsity is not None and (gate_mode == 'deterministic' or meta_params.get(HARDENED, False)):
-      logits = hard_concrete.harden(params, jax.lax.stop_gradient(logits), target_sparsity)
+    if target_sparsity is not None and (gate_mode == 'deterministic' or hardened):
+      logits = harden_lib.harden(params, jax.lax.stop_gradient(logits), target_sparsity, expand_units=expand_units)
     return {**meta_params, 'gate_logits': logits}
 
-  def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
-    if gate_mode != 'off':
-      meta_params = with_task_gates(meta_params, task, gate_mode)
-    return learner.task_loss(meta_params, task, noise, settings=settings, gate_mode=gate_mode,
-                             fixed_masks=fixed_masks)
+  def bind(learner, hardened: bool):
+    def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
+      if gate_mode != 'off':
+        meta_params = with_task_gates(meta_params, task, gate_mode, hardened)
+      return learner.task_loss(meta_params, task, noise, settings=settings, gate_mode=gate_mode,
+                               fixed_masks=fixed_masks)
 
-  def task_traces(meta_params, task, *, settings, gate_mode='deterministic', fixed_masks=None):
-    if gate_mode != 'off':
-      meta_params = with_task_gates(meta_params, task, gate_mode)
-    return learner.task_traces(meta_params, task, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
+    def task_traces(meta_params, task, *, settings, gate_mode='deterministic', fixed_masks=None):
+      if gate_mode != 'off':
+        meta_params = with_task_gates(meta_params, task, gate_mode, hardened)
+      return learner.task_traces(meta_params, task, settings=settings, gate_mode=gate_mode,
+                                 fixed_masks=fixed_masks)
 
-  def gate_density(meta_params, tasks):
+    def batch_loss(meta_params, tasks, key, *, settings, gate_mode='sample', fixed_masks=None):
+      def one_task(mp, task, noise):
+        return task_loss(mp, task, noise, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
+      return adapt.mean_over_tasks(one_task, meta_params, tasks, key, execution=learner.execution,
+                                   gate_mode=gate_mode)
+
+    return learner._replace(name=f'{learner.name}+meta_pruner', task_loss=task_loss, batch_loss=batch_loss,
+                            task_traces=task_traces)
+
+  def expected_density(meta_params, tasks, hardened: bool):
+    if hardened and target_sparsity is not None:
+      return gate_source.hardened_density(target_sparsity)
     def one(task):
-      return hard_concrete.expected_density(meta_params['params'],
-                                            with_task_gates(meta_params, task, 'sample')['gate_logits'], hc)
+      logits = with_task_gates(meta_params, task, 'sample', False)['gate_logits']
+      return sparsity.expected_density(meta_params['params'], logits, hc, expand_units=expand_units)
     return jnp.mean(jax.vmap(one)(tasks))
 
-  wrapped = learner._replace(name=f'{learner.name}+meta_pruner', task_loss=task_loss,
-                             batch_loss=learners.batch_mean(task_loss), task_traces=task_traces)
-  return wrapped, gate_density
+  return gate_source.GateSource('meta_pruner', ('gate_logits', 'meta_pruner'), bind, expected_density,
+                                lambda meta_params: meta_params, hardens_per_task=target_sparsity is not None)
 
 
 def task_masks(meta_params, tasks, features_fn, *, target_sparsity: float | None,
-               hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete()):
+               hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), expand_units: Callable | None = None):
   """Deterministic (hardened to ``target_sparsity`` when given) masks of a task batch: leaves ``[T, ...]``."""
   params = meta_params['params']
 
@@ -225,6 +238,6 @@ def task_masks(meta_params, tasks, features_fn, *, target_sparsity: float | None
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
                               features_fn(params, task))
     if target_sparsity is not None:
-      logits = hard_concrete.harden(params, logits, target_sparsity)
+      logits = harden_lib.harden(params, logits, target_sparsity, expand_units=expand_units)
     return hard_concrete.deterministic_gates(logits, hc)
   return jax.vmap(one)(tasks)

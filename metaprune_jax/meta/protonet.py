@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metaprune_jax.meta import learners
-from metaprune_jax.meta import maml
+from metaprune_jax.meta import adapt
+from metaprune_jax.meta import learner as learner_lib
+from metaprune_jax.meta.settings import Execution
 
 _EMPTY_LOGIT = -1e30
 
@@ -45,10 +46,10 @@ def prototype_logits(support_embeddings: jax.Array, support_labels: jax.Array,
   return jnp.where(counts[None, :] > 0, -sq_dist, _EMPTY_LOGIT)
 
 
-def protonet(embed_fn: Callable) -> learners.Learner:
+def protonet(embed_fn: Callable, *, execution: Execution = Execution()) -> learner_lib.Learner:
   """The ProtoNet learner for ``embed_fn(params, inputs) -> [n, features]``."""
   def metrics(meta_params, task, noise, settings, gate_mode, fixed_masks):
-    params = maml.masked_params(meta_params, noise, gate_mode, settings.hc, fixed_masks)
+    params = adapt.masked_params(meta_params, noise, gate_mode, settings.hc, fixed_masks)
     logits = prototype_logits(embed_fn(params, task.support_inputs), task.support_targets,
                               embed_fn(params, task.query_inputs))
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, task.query_targets))
@@ -59,9 +60,10 @@ def protonet(embed_fn: Callable) -> learners.Learner:
     return metrics(meta_params, task, noise, settings, gate_mode, fixed_masks)[0]
 
   def task_traces(meta_params, task, *, settings, gate_mode='deterministic', fixed_masks=None):
-    learners.check_eval_mode(gate_mode)
+    learner_lib.check_eval_mode(gate_mode)
     loss, accuracy = metrics(meta_params, task, None, settings, gate_mode, fixed_masks)
     repeat = lambda x: jnp.full((settings.num_inner_steps + 1,), x)  # pylint: disable=unnecessary-lambda-assignment
     return {'loss': repeat(loss), 'accuracy': repeat(accuracy)}
 
-  return learners.Learner('protonet', task_loss, learners.batch_mean(task_loss), task_traces, learners.no_extra)
+  return learner_lib.Learner('protonet', task_loss, learner_lib.batch_mean(task_loss, execution), task_traces,
+                            learner_lib.no_extra, execution)

@@ -19,8 +19,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from metaprune_jax.meta import learners
+from metaprune_jax.meta import adapt
+from metaprune_jax.meta import learner as learner_lib
 from metaprune_jax.meta import maml
+from metaprune_jax.meta.settings import Execution
 
 
 def pull(theta, adapted) -> jax.Array:
@@ -30,16 +32,17 @@ def pull(theta, adapted) -> jax.Array:
   return half_sq - jax.lax.stop_gradient(half_sq)
 
 
-def reptile(loss_fn: maml.LossFn, accuracy_fn: Callable | None = None) -> learners.Learner:
-  adaptive = learners.adaptive_learner('reptile', loss_fn, accuracy_fn, first_order=True)
+def reptile(loss_fn: adapt.LossFn, accuracy_fn: Callable | None = None, *,
+            execution: Execution = Execution()) -> learner_lib.Learner:
+  adaptive = maml.adaptive_learner('reptile', loss_fn, accuracy_fn, execution=execution, first_order=True)
 
   def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
     settings = settings._replace(first_order=True)
-    adapted, effective = maml.adapt_task(meta_params, task, noise, loss_fn, settings, gate_mode, None, fixed_masks,
-                                         weight_space=False)
+    adapted, effective = adapt.adapt_task(meta_params, task, noise, loss_fn, settings, execution, gate_mode, None,
+                                          fixed_masks, weight_space=False)
     adapted = jax.lax.stop_gradient(adapted)
     gates_adapted = settings.adapt_gates and meta_params.get('gate_logits') is not None and gate_mode != 'off'
     theta = (meta_params['params'], meta_params['gate_logits']) if gates_adapted else meta_params['params']
     return loss_fn(effective(adapted), task.query_inputs, task.query_targets) + pull(theta, adapted)
 
-  return adaptive._replace(task_loss=task_loss, batch_loss=learners.batch_mean(task_loss))
+  return adaptive._replace(task_loss=task_loss, batch_loss=learner_lib.batch_mean(task_loss, execution))

@@ -5,7 +5,7 @@ batch norm, ReLU, 2x2 max-pool], then a linear head to ``num_classes``. For
 28x28 Omniglot images the spatial size goes 28 -> 14 -> 7 -> 3 -> 1, so the
 embedding is ``width`` features.
 
-Parameters are a nested dict (masks mirror it, see ``metaprune_jax.nets.masked``)::
+Parameters are a nested dict (masks mirror it, see ``metaprune_jax.masks.masking``)::
 
   {'conv_0': {'kernel': [3, 3, in_channels, width]},   # HWIO
    'norm_0': {'scale': [width], 'offset': [width]},
@@ -38,15 +38,13 @@ Formulations of the convolution (``method``):
   matmul ``[..., 9 * in] x [9 * in, out]``. ``vmap`` over per-task weights turns
   it into a batched matmul (``'tbhwk,tko->tbhwo'``), which XLA:CPU runs fast;
   the gradients are matmuls plus pads / adds.
-* ``'auto'``: ``'patches'`` on every backend, the formulation for per-task
-  weights. Measured with second-order MAML, meta-batch 32, Conv-4 64
-  (``benchmarks/omniglot_step_speed.py``, WORKSPACE.md): on the 2-core CPU
-  ``'patches'`` runs 18-37x faster than the grouped convolution, and on an H200
-  GPU 2.3x faster (292 against 125 meta-steps/s). The launcher refines it
+* ``'auto'``: ``'patches'`` on every backend (the choice does not read the
+  backend), the formulation for per-task weights, which ``'conv'`` would turn
+  into a grouped convolution. The launcher refines it
   (``experiments.problems.conv_method``): where every task of a vmapped call
   uses the same weights (dense prototypical networks, for example) the
-  convolution stays unbatched and ``'conv'`` is faster on CPU (~1.6x) and level
-  on the GPU.
+  convolution stays unbatched and the launcher picks ``'conv'``.
+  ``benchmarks/omniglot_step_speed.py`` times either formulation.
 
 Both formulations compute the same function (up to float rounding) with the
 same parameters; see ``benchmarks/conv_formulations.py`` for their speed.
@@ -63,7 +61,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from metaprune_jax import types
-from metaprune_jax.nets import masked
+from metaprune_jax.masks import masking
 
 METHODS = ('auto', 'conv', 'patches')
 BATCH_NORM_EPSILON = 1e-5
@@ -224,7 +222,7 @@ def conv4_features(params: types.Params, images: types.Array,
     ValueError: for images that are not ``[batch, H, W, in_channels]`` or an
       unknown ``method``.
   """
-  return _embed(masked.apply_masks(params, masks), images, resolve_method(method))
+  return _embed(masking.apply_masks(params, masks), images, resolve_method(method))
 
 
 def _embed(params: types.Params, images: types.Array, method: str) -> types.Array:
@@ -264,7 +262,7 @@ def conv4_apply(params: types.Params, images: types.Array,
     ValueError: for badly shaped images, an unknown ``method``, or an embedding
       size that does not match the head (images of another size than at init).
   """
-  params = masked.apply_masks(params, masks)
+  params = masking.apply_masks(params, masks)
   features = _embed(params, images, resolve_method(method))
   if 'head' not in params:
     raise ValueError("params has no 'head' entry; build them with init_conv4 "

@@ -4,18 +4,17 @@ Reverse-mode autodiff of ``y = x @ w`` computes the weight gradient as a
 contraction over the *leading* (row) axis of ``x``: ``'mk,mn->kn'``. Under a
 ``vmap`` over tasks with per-task weights that is a batched dot contracting a
 non-minor axis of its left operand, which XLA:CPU runs several times slower
-than the canonical ``'tkm,tmn->tkn'`` form (measured: 64 us against 22 us for
-``[25, 10, 40]`` operands; 3x). XLA folds an ordinary transpose back into the
+than the canonical ``'tkm,tmn->tkn'`` form. XLA folds an ordinary transpose back into the
 dot's dimension numbers, so :func:`matmul` materialises it behind
 ``lax.optimization_barrier``: the weight gradient transposes whichever of ``x``
 and the output cotangent is narrower, then runs a canonical matmul. The
 backward pass is itself built from :func:`matmul`, so every order of
 differentiation (second-order MAML differentiates the inner gradient) keeps the
 fast layout. Values and gradients equal those of ``x @ w`` up to float
-summation order. The MLP's ``Dense`` layers use it (``dot_general``); the
-paper sinusoid meta-step got faster with it (see WORKSPACE.md). The Conv-4's
-large patch matmuls do not: there XLA's own GEMM packing is faster than a
-materialised transpose of the patches (measured, not kept).
+summation order. The MLP's ``Dense`` layers use it (``dot_general``);
+``benchmarks/meta_step_speed.py`` times a hand-written step with and without it.
+The Conv-4's large patch matmuls do not use it: for them XLA's own GEMM packing
+handles the layout, and a materialised transpose of the patches only adds work.
 
 Reverse mode only (``custom_vjp``): ``jax.jvp`` / ``jacfwd`` / ``jax.hessian`` through it raise;
 ``nets.mlp.MLP(layout_matmul=False)`` gives plain Flax ``Dense`` layers for forward mode.

@@ -24,7 +24,7 @@ class MLP(nn.Module):
   standard deviations with that std (Finn et al.'s sinusoid code used 0.01);
   0 keeps Flax's LeCun-normal default. ``layout_matmul`` (default) runs the
   ``Dense`` layers through ``nets.matmul``, whose reverse-mode gradients keep
-  XLA:CPU's fast dot layout (the sinusoid meta-step ~10% faster); it has no
+  XLA:CPU's fast dot layout; it has no
   forward mode, so set it False for ``jax.jvp`` / ``jacfwd`` / ``jax.hessian``.
   Parameters and outputs are the same either way.
   """

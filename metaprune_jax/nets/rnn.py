@@ -20,7 +20,7 @@ gate block ``k`` lives in column ``k*H + j``. Gate order:
     n = tanh(x W_n + (sigmoid(r) * h) U_n + b_n);   h' = (1 - sigmoid(z)) * n + sigmoid(z) * h
 
 Masks mirror the params (``metaprune_jax.types.Masks``) and are applied once,
-before the scan, with ``metaprune_jax.nets.masked.apply_masks``. Per-weight
+before the scan, with ``metaprune_jax.masks.masking.apply_masks``. Per-weight
 masks are full-shape leaves (input and recurrent matrices gated separately);
 ``unit_masks_from_gates`` builds the per-hidden-unit structured masks. A unit
 whose gate is 0 has all its gate columns, its recurrent row and its readout row
@@ -34,8 +34,9 @@ any weight). ``rnn_apply`` expands the (masked) ``unit_scale`` with
 ``unit_masks_from_gates`` onto every gate matrix, the recurrent rows and the
 readout. A hard-concrete gate on that leaf (``masks.hard_concrete`` granularity
 ``'hidden_unit'``) is therefore one gate per hidden unit that removes the whole
-unit, through the library's ordinary leafwise masking; ``hard_concrete`` counts
-the weights such a gate takes out (``unit_keep_factors``).
+unit, through the library's ordinary leafwise masking; ``masks.sparsity`` and
+``masks.harden`` count the weights such a gate takes out when given
+``expand_units=unit_keep_factors``.
 """
 
 import jax
@@ -43,11 +44,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from metaprune_jax import types
-from metaprune_jax.nets import masked
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import masking
 
 NUM_GATES = {'lstm': 4, 'gru': 3}
 """Gate count ``G`` per cell name."""
-UNIT_SCALE = 'unit_scale'
+UNIT_SCALE = hard_concrete.UNIT_SCALE
 """Name of the optional per-hidden-unit gain leaf (the hook for hidden-unit gates)."""
 
 
@@ -125,11 +127,6 @@ def num_gates_of(params: types.Params) -> int:
   return params['bias'].shape[0] // hidden_size_of(params)
 
 
-def is_rnn_params(params) -> bool:
-  """Whether ``params`` is a dict with this module's layout (used by ``hard_concrete``)."""
-  return isinstance(params, dict) and {'input_kernel', 'recurrent_kernel', 'bias', 'readout'} <= set(params)
-
-
 def initial_carry(params: types.Params, batch_size: int, cell: str):
   """Zero state: LSTM ``(c, h)``, each ``[batch, H]``; GRU ``h`` ``[batch, H]``."""
   _check_cell(cell)
@@ -199,9 +196,9 @@ def _check_params(params: types.Params, cell: str) -> None:
 
 def effective_params(params: types.Params, masks: types.Masks | None = None) -> types.Params:
   """``params`` with ``masks`` applied and, if present, ``unit_scale`` expanded onto every unit's weights."""
-  params = masked.apply_masks(params, masks)
+  params = masking.apply_masks(params, masks)
   if UNIT_SCALE in params:
-    params = masked.apply_masks(params, unit_masks_from_gates(params, params[UNIT_SCALE]))
+    params = masking.apply_masks(params, unit_masks_from_gates(params, params[UNIT_SCALE]))
   return params
 
 
@@ -256,18 +253,6 @@ def rnn_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None
   return readout(params, jnp.swapaxes(hs, 0, 1))
 
 
-def lstm_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
-               *, last_only: bool = False) -> jax.Array:
-  """Masked LSTM: ``[batch, time, in] -> [batch, time, out]`` (``[batch, out]`` if ``last_only``)."""
-  return rnn_apply(params, inputs, masks, cell='lstm', last_only=last_only)
-
-
-def gru_apply(params: types.Params, inputs: jax.Array, masks: types.Masks | None = None,
-              *, last_only: bool = False) -> jax.Array:
-  """Masked GRU: ``[batch, time, in] -> [batch, time, out]`` (``[batch, out]`` if ``last_only``)."""
-  return rnn_apply(params, inputs, masks, cell='gru', last_only=last_only)
-
-
 def unit_masks_from_gates(params: types.Params, unit_gates: jax.Array,
                           cell: str | None = None) -> types.Masks:
   """Structured masks that gate whole hidden units.
@@ -315,7 +300,8 @@ def unit_keep_factors(params: types.Params, unit_keep: jax.Array) -> types.Masks
   unit's for input-kernel columns and bias; its row unit's for readout rows;
   row unit times column unit for the recurrent kernel, except where row and
   column are the same unit (then that unit's alone); ``unit_keep`` itself for
-  ``unit_scale``. Used by ``masks.hard_concrete`` to count what a unit gate removes.
+  ``unit_scale``. This is the ``expand_units`` that ``masks.sparsity`` counters and
+  ``masks.harden`` take to count what a unit gate removes.
 
   Args:
     params: LSTM/GRU params with a ``unit_scale`` leaf.
@@ -333,22 +319,3 @@ def unit_keep_factors(params: types.Params, unit_keep: jax.Array) -> types.Masks
   return jax.tree.map(lambda p, f: None if f is None else jnp.broadcast_to(f, p.shape), params, factors,
                       is_leaf=lambda x: x is None)
 
-
-def realised_sparsity(params: types.Params, masks: types.Masks | None) -> jax.Array:
-  """Fraction of all parameter scalars whose (broadcast) mask is exactly 0.
-
-  Structured mask leaves are broadcast onto their parameter first, so a
-  removed unit counts every weight it takes out. ``None`` leaves count as dense;
-  the denominator is every scalar in ``params`` (masked or not).
-
-  Returns:
-    A float32 scalar in ``[0, 1]``.
-  """
-  total = masked.count_params(params)
-  if masks is None:
-    return jnp.zeros((), jnp.float32)
-  zeros = jax.tree.map(
-      lambda p, m: jnp.zeros((), jnp.int32) if m is None
-      else jnp.sum(jnp.broadcast_to(m, p.shape) == 0, dtype=jnp.int32),
-      params, masks)
-  return sum(jax.tree.leaves(zeros), jnp.zeros((), jnp.int32)).astype(jnp.float32) / total

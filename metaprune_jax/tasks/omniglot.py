@@ -1,7 +1,7 @@
 """N-way K-shot episodes drawn on device from an Omniglot image array.
 
 ``images`` is ``[classes, drawers, H, W, C]`` (e.g. ``OmniglotDataset.images``
-of one split from ``metaprune_jax.data.omniglot``; ``jax.device_put`` it once).
+of one split from ``metaprune_jax.data.omniglot_splits``; ``jax.device_put`` it once).
 :func:`sample_episodes` is a pure function of a key, usable inside ``jax.jit``
 with ``num_tasks``, ``ways``, ``shots`` and ``queries`` static::
 

@@ -39,8 +39,3 @@ def sample_sinusoid_tasks(key: types.PRNGKey, *, num_tasks: int, num_support: in
   x = _scale(u[:, 2:], ranges.inputs)[..., None]
   y = amplitude * jnp.sin(x - phase)
   return types.TaskBatch(x[:, :num_support], y[:, :num_support], x[:, num_support:], y[:, num_support:])
-
-
-def sinusoid_curve(amplitude: jax.Array, phase: jax.Array, x: jax.Array) -> jax.Array:
-  """The noiseless target ``A sin(x - phi)`` (for plots)."""
-  return amplitude * jnp.sin(x - phase)

@@ -15,6 +15,7 @@ import pytest
 
 from metaprune_jax import types
 from metaprune_jax.meta import maml
+from metaprune_jax.meta.settings import InnerSettings
 from metaprune_jax.nets import conv
 
 torch = pytest.importorskip('torch')
@@ -52,8 +53,8 @@ def test_meta_loss_and_gradient_match_the_library():
     logits = conv.conv4_apply(p, images, method='patches')
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
-  settings = maml.InnerSettings(inner_lr=reference.INNER_LR, num_inner_steps=1, first_order=False)
-  meta_loss = functools.partial(maml.batch_query_loss, key=jax.random.key(2), loss_fn=loss_fn, settings=settings,
+  settings = InnerSettings(inner_lr=reference.INNER_LR, num_inner_steps=1, first_order=False)
+  meta_loss = functools.partial(maml.maml(loss_fn).batch_loss, key=jax.random.key(2), settings=settings,
                                 gate_mode='off')
   loss, grads = jax.value_and_grad(lambda p: meta_loss({'params': p, 'gate_logits': None}, tasks))(params)
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from metaprune_jax.data import episode_folders
-from metaprune_jax.data import omniglot
+from metaprune_jax.data import omniglot_files
 from tests import test_utils
 from tests.shared_data import OMNIGLOT_DIR
 
@@ -76,7 +76,7 @@ def test_episode_images_are_preprocessed_exactly_like_training_data(tmp_path):
       path = tmp_path / 'episodes' / 'ep' / side / 'greek1' / f'{i}.png'
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_bytes(src.read(name))
-  train = omniglot.load_omniglot(str(data_dir), image_size=28)
+  train = omniglot_files.load_omniglot(str(data_dir), image_size=28)
   (episode,) = episode_folders.load_episode_folders(str(tmp_path / 'episodes'), image_size=28)
   test_utils.assert_equal(episode.support_inputs, train.images[0, :2])
   test_utils.assert_equal(episode.query_inputs, train.images[0, 2:3])

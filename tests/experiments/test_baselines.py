@@ -1,32 +1,36 @@
 """Classic pruning inside MAML: fixed masks hold, SNIP scores the meta-loss, gradual pruning never retraces."""
 
+import types as pytypes
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import baselines
+from experiments import build
+from experiments import evaluation
 from experiments import problems
-from experiments import train
 from experiments.configs import smoke
 from metaprune_jax import types
-from metaprune_jax.masks import select
-from metaprune_jax.meta import maml
+from metaprune_jax.masks import sparsity
+from metaprune_jax.meta import learners
+from metaprune_jax.meta.settings import InnerSettings
 from tests import test_utils
 
 
 def _config(**overrides):
   config = smoke.get_config()
-  config.mask = 'none'
-  config.num_outer_steps = 12
-  config.eval_num_tasks = 10
-  config.target_sparsity = 0.7
-  config.snip_num_tasks = 4
-  config.gradual_begin_fraction = 0.25  # Step 3 ...
-  config.gradual_end_fraction = 0.75    # ... to step 9, masks every 2 steps.
-  config.gradual_update_every_steps = 2
-  for name, value in overrides.items():
-    config[name] = value
+  config.gates.mask = 'none'
+  config.outer.num_outer_steps = 12
+  config.eval.num_tasks = 10
+  config.sparsity.target_sparsity = 0.7
+  config.pruning.snip_num_tasks = 4
+  config.pruning.gradual_begin_fraction = 0.25  # Step 3 ...
+  config.pruning.gradual_end_fraction = 0.75    # ... to step 9, masks every 2 steps.
+  config.pruning.gradual_update_every_steps = 2
+  for name, value in overrides.items():  # Fields of the pruning section.
+    config.pruning[name] = value
   return config
 
 
@@ -38,14 +42,15 @@ def _kernels(tree):
 def test_pruned_weights_stay_exactly_zero_and_the_rest_trains(method):
   config = _config()
   updates = []
-  state = baselines.run_baseline(method, config, on_mask_update=lambda step, masks: updates.append(step))
-  assert int(state.step) == config.num_outer_steps  # Equal budget.
+  exp = baselines.dense_experiment(config)
+  state = baselines.run_baseline(method, exp, on_mask_update=lambda step, masks: updates.append(step))
+  assert int(state.step) == config.outer.num_outer_steps  # Equal budget.
   expected_updates = {'magnitude_finetune': [6], 'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9]}
   assert updates == expected_updates[method]  # magnitude_finetune: after half the budget (dense phase).
   num_kernel = 8 + 64 + 8
-  test_utils.assert_equal(float(select.mask_sparsity(state.masks)),
+  test_utils.assert_equal(float(sparsity.mask_sparsity(state.masks)),
                           np.float32(np.floor(0.7 * num_kernel + 0.5) / num_kernel))
-  init_state, _ = train.init_state(config, problems.get_problem(config))
+  init_state = exp.init_state()
   for name, kernel in _kernels(state.meta_params['params']).items():
     mask = np.asarray(state.masks[name]['kernel'])
     kernel = np.asarray(kernel)
@@ -68,8 +73,11 @@ def test_snip_masks_have_the_exact_sparsity_and_rank_by_weight_times_meta_gradie
 
   zeros = jnp.zeros((3, 2, 1))
   tasks = types.TaskBatch(zeros, zeros, zeros, zeros)
-  settings = maml.InnerSettings(inner_lr=1e-4, num_inner_steps=1)
-  snip = baselines.snip_masks(params, tasks, loss_fn=loss_fn, settings=settings, sparsity=0.5)
+  # snip_loss reads the learner and its inner settings off the experiment: MAML on this loss, one tiny step.
+  exp = pytypes.SimpleNamespace(learner=learners.get_learner('maml', loss_fn=loss_fn),
+                                settings=InnerSettings(inner_lr=1e-4, num_inner_steps=1))
+  meta_loss = baselines.snip_loss(exp, {'params': params, 'gate_logits': None}, tasks)
+  snip = baselines.snip_masks(params, meta_loss, 0.5)
   magnitude = baselines.magnitude_masks(params, 0.5)
   test_utils.assert_equal(snip['Dense_0']['kernel'], [[0, 0, 1, 1], [0, 0, 1, 1]])
   test_utils.assert_equal(magnitude['Dense_0']['kernel'], [[1, 1, 0, 0], [1, 1, 0, 0]])
@@ -77,59 +85,84 @@ def test_snip_masks_have_the_exact_sparsity_and_rank_by_weight_times_meta_gradie
 
 
 def test_snip_on_the_sinusoid_meta_loss_has_the_exact_sparsity():
-  config = _config()
-  problem = problems.get_problem(config)
-  state, _ = train.init_state(config, problem)
-  tasks = problem.train_sampler(jax.random.key(5), 4)
-  for sparsity in (0.3, 0.9):
-    masks = baselines.snip_masks(state.meta_params['params'], tasks, loss_fn=problem.loss_fn,
-                                 settings=train.inner_settings(config), sparsity=sparsity)
+  exp = baselines.dense_experiment(_config())
+  state = exp.init_state()
+  tasks = exp.problem.train_sampler(jax.random.key(5), 4)
+  meta_loss = baselines.snip_loss(exp, state.meta_params, tasks)
+  for target in (0.3, 0.9):
+    masks = baselines.snip_masks(state.meta_params['params'], meta_loss, target)
     zeros = sum(int(jnp.sum(m == 0)) for m in jax.tree.leaves(masks))
-    test_utils.assert_equal(zeros, int(np.floor(sparsity * 80 + 0.5)))
+    test_utils.assert_equal(zeros, int(np.floor(target * 80 + 0.5)))
 
 
-def test_gradual_magnitude_reaches_the_target_on_schedule_without_retracing():
+def test_gradual_magnitude_reaches_the_target_on_schedule_without_retracing(monkeypatch):
   config = _config()
-  problem = problems.get_problem(config)
   counter = test_utils.CompileCounter()
-  problem = problem._replace(train_sampler=counter.wrap(problem.train_sampler))  # Runs once per trace.
+  real_get_problem = problems.get_problem
+
+  def counted_problem(config):  # build's problem, with a train_sampler that runs once per trace.
+    problem = real_get_problem(config)
+    return problem._replace(train_sampler=counter.wrap(problem.train_sampler))
+  monkeypatch.setattr(problems, 'get_problem', counted_problem)
+  exp = baselines.dense_experiment(config)
   seen = []
-  state = baselines.gradual_magnitude(config, problem, on_mask_update=lambda step, masks: seen.append(
-      (step, float(select.mask_sparsity(masks)))))
+  state = baselines.gradual_magnitude(exp, on_mask_update=lambda step, masks: seen.append(
+      (step, float(sparsity.mask_sparsity(masks)))))
   assert counter.count == 1, f'the meta-step was traced {counter.count} times'
   steps, sparsities = zip(*seen)
   assert steps == (3, 5, 7, 9)
   assert all(a <= b for a, b in zip(sparsities, sparsities[1:]))
   assert sparsities[0] == 0.0 and 0.0 < sparsities[1] < sparsities[2] < 0.7
   test_utils.assert_equal(sparsities[-1], np.float32(56 / 80))  # Exactly the target at 75% of the budget.
-  test_utils.assert_equal(float(select.mask_sparsity(state.masks)), np.float32(56 / 80))
+  test_utils.assert_equal(float(sparsity.mask_sparsity(state.masks)), np.float32(56 / 80))
 
 
 def test_erk_distribution_keeps_small_layers_denser():
-  config = _config()
-  params, _ = train.init_state(config, problems.get_problem(config))
+  params = baselines.dense_experiment(_config()).init_state()
   masks = baselines.random_masks(jax.random.key(0), params.meta_params['params'], 0.8, scope='layerwise',
                                  distribution='erk')
   density = {name: float(jnp.mean(m)) for name, m in _kernels(masks).items()}
   assert density['Dense_0'] > density['Dense_1'] and density['Dense_2'] > density['Dense_1']
 
 
-def test_held_out_evaluation_uses_the_tasks_of_train_evaluate_model():
+def test_held_out_evaluation_uses_the_tasks_of_experiment_evaluate():
   config = _config()
-  problem = problems.get_problem(config)
-  state, _ = train.init_state(config, problem)
+  exp = baselines.dense_experiment(config)
+  state = exp.init_state()
   ones = baselines.ones_masks(state.meta_params['params'])
-  ours = baselines.evaluate_baseline(config, baselines.with_masks(state, ones), problem)['sparse']
-  reference = train.evaluate_model(config, state.meta_params, problem)['dense']
+  masked = baselines.with_masks(state, ones)  # As frontier.run_point evaluates a baseline.
+  ours = evaluation.summarise_held_out(config, evaluation.held_out_traces(
+      config, exp.problem, exp.eval_learner, exp.eval_settings, masked.meta_params, gate_mode='off',
+      fixed_masks=masked.masks))
+  reference = exp.evaluate(state.meta_params)['dense']
   assert ours == reference
+  assert exp.evaluate(masked.meta_params, fixed_masks=masked.masks)['sparse'] == reference  # All-ones masks.
+
+
+@pytest.mark.parametrize('algorithm', ['fomaml', 'reptile'])
+def test_baselines_meta_train_with_the_configured_algorithm(algorithm):
+  config = _config()
+  config.algorithm = algorithm
+  config.gates.mask = 'hard_concrete'  # dense_experiment drops the gates, keeps the algorithm.
+  exp = baselines.dense_experiment(config)
+  assert exp.learner.name == algorithm and exp.eval_learner.name == algorithm
+  assert exp.config.gates.mask == 'none' and exp.gates.name == 'none'
+  config.outer.num_outer_steps = 3
+  state = baselines.run_baseline('random', baselines.dense_experiment(config))
+  assert int(state.step) == 3
+  test_utils.assert_all_finite(state.meta_params['params'])
 
 
 def test_bad_names_and_fields_are_reported():
   with pytest.raises(ValueError, match='magnitude_finetune, snip, gradual_magnitude, random'):
-    baselines.run_baseline('obd', _config())
-  with pytest.raises(ValueError, match='prune_scope'):
-    baselines.run_baseline('random', _config(prune_scope='per_row'))
+    baselines.run_baseline('obd', baselines.dense_experiment(_config()))
+  with pytest.raises(ValueError, match='--config.pruning.prune_scope'):
+    baselines.run_baseline('random', baselines.dense_experiment(_config(prune_scope='per_row')))
   with pytest.raises(ValueError, match='prune_distribution'):
-    baselines.run_baseline('random', _config(prune_distribution='erk'))  # ERK needs layerwise.
+    baselines.run_baseline('random', baselines.dense_experiment(_config(prune_distribution='erk')))  # Layerwise.
   with pytest.raises(ValueError, match='gradual_end_fraction'):
-    baselines.run_baseline('gradual_magnitude', _config(gradual_end_fraction=1.5))
+    baselines.run_baseline('gradual_magnitude', baselines.dense_experiment(_config(gradual_end_fraction=1.5)))
+  gated = _config()
+  gated.gates.mask = 'hard_concrete'
+  with pytest.raises(ValueError, match='gates.mask=none'):  # A gated experiment is refused.
+    baselines.run_baseline('random', build.build(gated))

@@ -36,7 +36,7 @@ def _write_episode(root, name, ways, shots, queries, size, rng):
 
 def test_evaluate_a_trained_run_on_user_episodes(tmp_path):
   config = omniglot_tiny.get_config()
-  config.data_dir = shared_data.OMNIGLOT_DIR
+  config.task.data_dir = shared_data.OMNIGLOT_DIR
   config.algorithm = 'protonet'
   train.run(config, str(tmp_path / 'run'))
   rng = np.random.default_rng(0)

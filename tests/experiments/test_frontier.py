@@ -9,23 +9,24 @@ import numpy as np
 import pytest
 
 from experiments import frontier
+from experiments import frontier_report
 from experiments.configs import frontier_sinusoid
 from tests import test_utils
 
 
 def _tiny_config():
   config = frontier_sinusoid.get_config()
-  config.hidden_sizes = (8, 8)
-  config.meta_batch_size = 4
-  config.num_outer_steps = 10
-  config.eval_num_tasks = 10
-  config.eval_steps = (1, 2)
-  config.log_every_steps = 5
-  config.checkpoint_every_steps = 10
-  config.snip_num_tasks = 4
-  config.frontier_methods = ('hard_concrete', 'random')
-  config.frontier_sparsities = (0.5, 0.9)
-  config.frontier_seeds = (0,)
+  config.model.hidden_sizes = (8, 8)
+  config.outer.meta_batch_size = 4
+  config.outer.num_outer_steps = 10
+  config.eval.num_tasks = 10
+  config.eval.steps = (1, 2)
+  config.run.log_every_steps = 5
+  config.run.checkpoint_every_steps = 10
+  config.pruning.snip_num_tasks = 4
+  config.frontier.methods = ('hard_concrete', 'random')
+  config.frontier.sparsities = (0.5, 0.9)
+  config.frontier.seeds = (0,)
   return config
 
 
@@ -60,7 +61,7 @@ def test_tiny_grid_writes_outputs_and_a_restart_skips_finished_points(tmp_path):
   assert os.path.getmtime(tmp_path / 'points' / 'random_s0.9_seed0.json') == stamp
 
   changed = _tiny_config()
-  changed.num_outer_steps = 11
+  changed.outer.num_outer_steps = 11
   with pytest.raises(ValueError, match='different config'):
     frontier.run_frontier(changed, workdir)
 
@@ -75,36 +76,36 @@ def _record(method, sparsity, seed, values, before):
 
 def test_aggregate_pools_tasks_over_seeds_and_margins_need_separated_intervals():
   config = _tiny_config()
-  config.eval_steps = (1,)
+  config.eval.steps = (1,)
   before = [10.0] * 4
   records = [_record('hard_concrete', 0.9, 0, [1.0, 1.1, 0.9, 1.0], before),
              _record('hard_concrete', 0.9, 1, [1.2, 1.3, 1.1, 1.2], before),
              _record('random', 0.9, 0, [3.0, 3.1, 2.9, 3.0], before),
              _record('random', 0.9, 1, [1.1, 1.4, 1.0, 1.3], before + [])]
   records[3]['per_task']['shots_5']['step_1'][0] = 500.0  # > 10x its loss before: diverged, left out.
-  rows = frontier.aggregate(config, records)
+  rows = frontier_report.aggregate(config, records)
   hc = rows[0]['eval']['shots_5']['step_1']
   test_utils.assert_close(hc['mean'], np.mean([1.0, 1.1, 0.9, 1.0, 1.2, 1.3, 1.1, 1.2]))
   test_utils.assert_close(hc['seed_sd'], np.std([1.0, 1.2], ddof=1))
   rnd = rows[1]['eval']['shots_5']['step_1']
   assert rnd['num_diverged'] == 1 and rnd['num_tasks'] == 8
   test_utils.assert_close(rnd['mean'], np.mean([3.0, 3.1, 2.9, 3.0, 1.4, 1.0, 1.3]))
-  (margin,) = frontier.margins(config, rows)
+  (margin,) = frontier_report.margins(config, rows)
   test_utils.assert_close(margin['margin'], rnd['mean'] - hc['mean'])
   assert margin['separated']  # 1.10 +- 0.09 against 2.24 +- 0.69.
   records[2]['per_task']['shots_5']['step_1'] = [1.0, 1.9, 0.4, 1.6]  # Now the intervals overlap.
-  (margin,) = frontier.margins(config, frontier.aggregate(config, records))
+  (margin,) = frontier_report.margins(config, frontier_report.aggregate(config, records))
   assert margin['margin'] > 0 and not margin['separated']
   records[2]['per_task']['shots_5']['step_1'] = [0.10, 0.11, 0.09, 0.10]  # The baseline now wins clearly.
   records[3]['per_task']['shots_5']['step_1'] = [0.10, 0.12, 0.08, 0.10]
-  (margin,) = frontier.margins(config, frontier.aggregate(config, records))
+  (margin,) = frontier_report.margins(config, frontier_report.aggregate(config, records))
   assert margin['margin'] < 0 and margin['separated']
 
 
 def test_grid_runs_dense_once_per_seed_and_names_points():
   config = _tiny_config()
-  config.frontier_methods = ('dense', 'snip')
-  config.frontier_seeds = (0, 1)
+  config.frontier.methods = ('dense', 'snip')
+  config.frontier.seeds = (0, 1)
   assert frontier.grid(config) == [('dense', 0.0, 0), ('snip', 0.5, 0), ('snip', 0.9, 0),
                                    ('dense', 0.0, 1), ('snip', 0.5, 1), ('snip', 0.9, 1)]
   assert frontier.point_name('snip', 0.95, 2) == 'snip_s0.95_seed2'
@@ -112,7 +113,7 @@ def test_grid_runs_dense_once_per_seed_and_names_points():
 
 def test_unknown_method_and_task_list_the_valid_names(tmp_path):
   config = _tiny_config()
-  config.frontier_methods = ('hard_concrete', 'optimal_brain_damage')
+  config.frontier.methods = ('hard_concrete', 'optimal_brain_damage')
   with pytest.raises(ValueError, match='valid methods: dense, hard_concrete, meta_pruner, magnitude_finetune'):
     frontier.run_frontier(config, str(tmp_path))
   result = subprocess.run([sys.executable, '-m', 'experiments.frontier', '--task=omniglot_nope',
@@ -122,10 +123,28 @@ def test_unknown_method_and_task_list_the_valid_names(tmp_path):
   assert "--task='omniglot_nope' has no frontier; valid tasks: sinusoid" in result.stderr
 
 
+def test_unknown_override_is_one_line_naming_the_closest_field(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'experiments.frontier', '--task=sinusoid', f'--workdir={tmp_path}',
+                           '--config.frontier_seeds=(0,)'], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert 'did you mean --config.frontier.seeds?' in result.stderr, result.stderr
+
+
+def test_fingerprint_ignores_the_grid_and_the_per_point_fields():
+  config = _tiny_config()
+  point = frontier.point_config(config, 'snip', 0.9, 2)
+  point.frontier.seeds = (5, 6)
+  assert frontier.fingerprint(point) == frontier.fingerprint(config)
+  point.outer.num_outer_steps = 11
+  assert frontier.fingerprint(point) != frontier.fingerprint(config)
+  assert (point.seed, point.sparsity.target_sparsity, point.gates.mask) == (2, 0.9, 'none')
+
+
 def test_meta_pruner_point_evaluates_each_task_with_its_own_mask(tmp_path):
   config = _tiny_config()
-  config.meta_pruner_hidden_sizes = (8,)
-  config.meta_pruner_embed_dim = 4
+  config.gates.meta_pruner_hidden_sizes = (8,)
+  config.gates.meta_pruner_embed_dim = 4
   record = frontier.run_point(config, 'meta_pruner', 0.5, 0, str(tmp_path))
   assert record['method'] == 'meta_pruner'
   over_tasks = record['realised_sparsity_over_tasks']

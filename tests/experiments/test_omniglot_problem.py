@@ -17,31 +17,36 @@ from tests.experiments.test_maml_prune import _launch
 pytestmark = pytest.mark.skipif(not os.path.isdir(shared_data.OMNIGLOT_DIR), reason='shared Omniglot data missing')
 
 
-def _config(**overrides):
+def _config(overrides=None):
+  """The tiny config with ``{'section.field' (or 'algorithm'): value}`` overrides."""
   config = omniglot_tiny.get_config()
-  config.data_dir = shared_data.OMNIGLOT_DIR
-  for field, value in overrides.items():
-    config[field] = value
+  config.task.data_dir = shared_data.OMNIGLOT_DIR
+  for path, value in (overrides or {}).items():
+    if '.' in path:
+      section, field = path.split('.')
+      config[section][field] = value
+    else:
+      config[path] = value
   return config
 
 
 def test_tiny_protonet_run_reports_accuracy_sparsity_and_flops(tmp_path):
-  config = _config(algorithm='protonet', ways=4, eval_ways=(3, 4))
+  config = _config({'algorithm': 'protonet', 'task.ways': 4, 'eval.ways': (3, 4)})
   summary = train.run(config, str(tmp_path))
   accuracy = summary['eval']['sparse/accuracy']['ways_3_shots_1']['step_0']
-  assert accuracy['num_tasks'] == config.eval_num_tasks and 0.0 <= accuracy['mean'] <= 1.0
+  assert accuracy['num_tasks'] == config.eval.num_tasks and 0.0 <= accuracy['mean'] <= 1.0
   assert set(summary['eval']) == {'sparse', 'sparse/accuracy', 'gates_off', 'gates_off/accuracy'}
   structure = summary['structure']
   assert structure['effective_flops'] < structure['dense_flops']
   assert 0.7 < structure['conv_weight_sparsity'] < 0.9  # Hardened to the 0.8 target (conv kernels only).
-  assert 0 <= structure['pruned_channels'] <= structure['conv_channels'] == 2 * config.conv_width
+  assert 0 <= structure['pruned_channels'] <= structure['conv_channels'] == 2 * config.model.conv_width
 
 
 def test_tiny_meta_pruner_run_reports_the_structure_of_the_task_masks(tmp_path):
   config = _config()
-  config.algorithm, config.mask = 'protonet', 'meta_pruner'
-  config.meta_pruner_hidden_sizes, config.meta_pruner_embed_dim = (8,), 4
-  config.harden_at_fraction = 0.5
+  config.algorithm, config.gates.mask = 'protonet', 'meta_pruner'
+  config.gates.meta_pruner_hidden_sizes, config.gates.meta_pruner_embed_dim = (8,), 4
+  config.sparsity.harden_at_fraction = 0.5
   summary = train.run(config, str(tmp_path))
   structure, analysis = summary['structure'], summary['meta_pruner']
   assert structure['num_tasks'] == 4  # Every held-out task analysed (eval_num_tasks = 4).
@@ -50,16 +55,20 @@ def test_tiny_meta_pruner_run_reports_the_structure_of_the_task_masks(tmp_path):
 
 
 @pytest.mark.parametrize('overrides, expected', [
-    (dict(algorithm='protonet', mask='none', meta_batch_size=4), 'conv'),
-    (dict(algorithm='protonet', mask='hard_concrete', meta_batch_size=1), 'conv'),
-    (dict(algorithm='protonet', mask='hard_concrete', meta_batch_size=4, gate_sample_scope='batch'), 'conv'),
-    (dict(algorithm='protonet', mask='hard_concrete', meta_batch_size=4), 'patches'),  # Per-task gate samples.
-    (dict(algorithm='protonet', mask='meta_pruner', meta_batch_size=1), 'patches'),  # Per-task eval masks.
-    (dict(algorithm='maml', mask='none', meta_batch_size=1), 'patches'),  # Adapted per-task weights.
-    (dict(algorithm='protonet', mask='none', conv_method='patches'), 'patches'),  # Explicit choice kept.
+    ({'algorithm': 'protonet', 'gates.mask': 'none', 'outer.meta_batch_size': 4}, 'conv'),
+    ({'algorithm': 'protonet', 'gates.mask': 'hard_concrete', 'outer.meta_batch_size': 1}, 'conv'),
+    ({'algorithm': 'protonet', 'gates.mask': 'hard_concrete', 'outer.meta_batch_size': 4,
+      'execution.gate_sample_scope': 'batch'}, 'conv'),
+    ({'algorithm': 'protonet', 'gates.mask': 'hard_concrete', 'outer.meta_batch_size': 4},
+     'patches'),  # Per-task gate samples.
+    ({'algorithm': 'protonet', 'gates.mask': 'meta_pruner', 'outer.meta_batch_size': 1},
+     'patches'),  # Per-task eval masks.
+    ({'algorithm': 'maml', 'gates.mask': 'none', 'outer.meta_batch_size': 1}, 'patches'),  # Adapted weights.
+    ({'algorithm': 'protonet', 'gates.mask': 'none', 'execution.conv_method': 'patches'},
+     'patches'),  # Explicit choice kept.
 ])
 def test_auto_conv_method_is_conv_only_where_tasks_share_weights(overrides, expected):
-  assert problems.conv_method(_config(**overrides)) == expected
+  assert problems.conv_method(_config(overrides)) == expected
 
 
 def test_episodes_come_from_held_out_characters():
@@ -77,7 +86,7 @@ def test_episodes_come_from_held_out_characters():
 
 
 def test_train_shift_moves_meta_training_images_only():
-  plain, shifted = problems.get_problem(_config()), problems.get_problem(_config(train_shift=2))
+  plain, shifted = problems.get_problem(_config()), problems.get_problem(_config({'task.train_shift': 2}))
   key = jax.random.key(4)
   base = plain.train_sampler(key, 3)
   split_key, _ = jax.random.split(key)
@@ -94,34 +103,34 @@ def test_train_shift_moves_meta_training_images_only():
 
 
 @pytest.mark.parametrize('overrides, field', [
-    ({'train_shift': 8}, '--config.train_shift=8'),
-    ({'train_shift': -1}, '--config.train_shift=-1'),
-    ({'ways': 999}, '--config.ways=999'),
-    ({'shots': 10, 'queries': 11}, '--config.shots=10'),
-    ({'eval_ways': (5,)}, '--config.eval_ways'),               # MAML's head is 3-way.
-    ({'split_by': 'drawer'}, '--config.split_by'),
-    ({'data_source': 'hub'}, '--config.data_source'),
-    ({'rotations': (45,)}, '--config.rotations=(45,)'),
-    ({'rotations': (90, 90)}, '--config.rotations=(90, 90)'),
+    ({'task.train_shift': 8}, '--config.task.train_shift=8'),
+    ({'task.train_shift': -1}, '--config.task.train_shift=-1'),
+    ({'task.ways': 999}, '--config.task.ways=999'),
+    ({'task.shots': 10, 'task.queries': 11}, '--config.task.shots=10'),
+    ({'eval.ways': (5,)}, '--config.eval.ways'),               # MAML's head is 3-way.
+    ({'task.split_by': 'drawer'}, '--config.task.split_by'),
+    ({'task.data_source': 'hub'}, '--config.task.data_source'),
+    ({'task.rotations': (45,)}, '--config.task.rotations=(45,)'),
+    ({'task.rotations': (90, 90)}, '--config.task.rotations=(90, 90)'),
 ])
 def test_bad_episode_sizes_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=re.escape(field)):
-    problems.get_problem(_config(**overrides))
+    problems.get_problem(_config(overrides))
 
 
 def test_missing_data_folder_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
-    problems.get_problem(_config(data_dir=str(tmp_path / 'nowhere')))
+    problems.get_problem(_config({'task.data_dir': str(tmp_path / 'nowhere')}))
   message = str(error.value)
-  assert '--config.data_dir=' in message and 'images_background_small1.zip' in message and 'tfds' in message
+  assert '--config.task.data_dir=' in message and 'images_background_small1.zip' in message and 'tfds' in message
 
 
 def test_launcher_omniglot_five_way_one_shot(tmp_path):
-  result = _launch('--task=omniglot', '--config.ways=5', '--config.shots=1', f'--workdir={tmp_path}',
-                   f'--config.data_dir={shared_data.OMNIGLOT_DIR}', f'--config.cache_dir={tmp_path}/cache',
-                   '--config.conv_width=4', '--config.num_outer_steps=2', '--config.meta_batch_size=2',
-                   '--config.eval_num_tasks=2', '--config.eval_ways=(5,)', '--config.eval_shots=(1,)',
-                   '--config.eval_steps=(1,)')
+  result = _launch('--task=omniglot', '--config.task.ways=5', '--config.task.shots=1', f'--workdir={tmp_path}',
+                   f'--config.task.data_dir={shared_data.OMNIGLOT_DIR}', f'--config.task.cache_dir={tmp_path}/cache',
+                   '--config.model.conv_width=4', '--config.outer.num_outer_steps=2',
+                   '--config.outer.meta_batch_size=2', '--config.eval.num_tasks=2', '--config.eval.ways=(5,)',
+                   '--config.eval.shots=(1,)', '--config.eval.steps=(1,)')
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['eval']['sparse/accuracy']['ways_5_shots_1']['step_1']['num_tasks'] == 2

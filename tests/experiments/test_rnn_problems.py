@@ -25,24 +25,36 @@ needs_strokes = pytest.mark.skipif(
     reason='shared Omniglot strokes archives not present')
 
 
-def _tiny_sequence(**overrides):
-  config = sequence_config.get_config()
-  config.update(dict(hidden_size=6, context_length=6, horizon=3, num_shots=3, num_query=2,
-                     meta_batch_size=2, num_outer_steps=6, sparsity_warmup_steps=2, eval_num_tasks=4,
-                     eval_steps=(0, 2), eval_num_query=3, log_every_steps=3, checkpoint_every_steps=3,
-                     dense_reference=False))
-  config.update(overrides)
+def _apply(config, overrides: dict):
+  """Sets ``{'section.field' (or a top-level field): value}`` on ``config``; returns it."""
+  for path, value in overrides.items():
+    if '.' in path:
+      section, field = path.split('.')
+      config[section][field] = value
+    else:
+      config[path] = value
   return config
 
 
-def _tiny_strokes(tmp_path, **overrides):
-  config = strokes_config.get_config()
-  config.update(dict(hidden_size=6, num_points=8, ways=3, num_shots=1, num_query=2, meta_batch_size=2,
-                     num_outer_steps=4, sparsity_warmup_steps=2, eval_num_tasks=4, eval_steps=(0, 1),
-                     eval_num_query=2, log_every_steps=2, checkpoint_every_steps=2, dense_reference=False,
-                     cache_dir=str(tmp_path / 'cache'), data_dir=OMNIGLOT_DIR))
-  config.update(overrides)
-  return config
+_TINY_RUN = {'outer.meta_batch_size': 2, 'sparsity.sparsity_warmup_steps': 2, 'eval.num_tasks': 4,
+             'eval.dense_reference': False}
+
+
+def _tiny_sequence(overrides=None):
+  config = _apply(sequence_config.get_config(), {
+      **_TINY_RUN, 'model.hidden_size': 6, 'task.context_length': 6, 'task.horizon': 3, 'task.num_shots': 3,
+      'task.num_query': 2, 'outer.num_outer_steps': 6, 'eval.steps': (0, 2), 'eval.num_query': 3,
+      'run.log_every_steps': 3, 'run.checkpoint_every_steps': 3})
+  return _apply(config, overrides or {})
+
+
+def _tiny_strokes(tmp_path, overrides=None):
+  config = _apply(strokes_config.get_config(), {
+      **_TINY_RUN, 'model.hidden_size': 6, 'task.num_points': 8, 'task.ways': 3, 'task.num_shots': 1,
+      'task.num_query': 2, 'outer.num_outer_steps': 4, 'eval.steps': (0, 1), 'eval.num_query': 2,
+      'run.log_every_steps': 2, 'run.checkpoint_every_steps': 2, 'task.cache_dir': str(tmp_path / 'cache'),
+      'task.data_dir': OMNIGLOT_DIR})
+  return _apply(config, overrides or {})
 
 
 def _run_two_steps(config):
@@ -51,7 +63,7 @@ def _run_two_steps(config):
   state, optimizer = train.init_state(config, problem)
   counter = test_utils.CompileCounter()
   step = meta_step.make_meta_step(problem.train_sampler, counter.wrap(problem.loss_fn), optimizer,
-                                  meta_batch_size=int(config.meta_batch_size),
+                                  meta_batch_size=int(config.outer.meta_batch_size),
                                   settings=train.inner_settings(config), objective=train._objective(config),
                                   harden_step=train.harden_step(config))
   state, _ = step(state)
@@ -66,7 +78,7 @@ def _run_two_steps(config):
     ('lstm', 'weight', 'hard_concrete'), ('gru', 'weight+hidden_unit', 'hard_concrete'),
     ('lstm', 'hidden_unit', 'none')])
 def test_sequence_meta_step_runs_without_recompiling(cell, granularity, mask):
-  config = _tiny_sequence(cell=cell, granularity=granularity, mask=mask)
+  config = _tiny_sequence({'model.cell': cell, 'gates.granularity': granularity, 'gates.mask': mask})
   problem, metrics, state = _run_two_steps(config)
   params = state.meta_params['params']
   assert ('unit_scale' in params) == (granularity != 'weight')
@@ -98,7 +110,7 @@ def test_strokes_episodes_are_character_disjoint(tmp_path):
   assert not names['train'] & names['test'] and not names['train'] & names['val']
   assert not names['val'] & names['test']
   # The sampled episodes draw only from their split: every episode drawing is one of that split's.
-  config = _tiny_strokes(tmp_path, ways=5, num_query=3)
+  config = _tiny_strokes(tmp_path, {'task.ways': 5, 'task.num_query': 3})
   problem = problems.get_problem(config)
   train_set = {d.tobytes() for d in splits['train'].drawings.reshape(-1, 8, 3)}
   test_set = {d.tobytes() for d in splits['test'].drawings.reshape(-1, 8, 3)}
@@ -115,7 +127,7 @@ def test_train_rotations_add_training_classes_only(tmp_path):
   data = strokes_data.load_strokes(OMNIGLOT_DIR, num_points=8, cache_dir=str(tmp_path / 'cache'))
   splits = strokes_data.split_characters(data, seed=0)
   rotated = strokes_data.rotate_drawings(splits['train'], (90, 180, 270))
-  config = _tiny_strokes(tmp_path, ways=5, num_query=3, train_rotations=(90, 180, 270))
+  config = _tiny_strokes(tmp_path, {'task.ways': 5, 'task.num_query': 3, 'task.train_rotations': (90, 180, 270)})
   problem = problems.get_problem(config)
   rotated_set = {d.tobytes() for d in rotated.drawings[len(splits['train'].names):].reshape(-1, 8, 3)}
   train_tasks = problem.train_sampler(jax.random.key(0), 16)
@@ -124,23 +136,24 @@ def test_train_rotations_add_training_classes_only(tmp_path):
   test_set = {d.tobytes() for d in splits['test'].drawings.reshape(-1, 8, 3)}
   eval_tasks = problem.eval_sampler(jax.random.key(0), 4, 1)
   assert all(d.tobytes() in test_set for d in np.asarray(eval_tasks.support_inputs).reshape(-1, 8, 3))
-  with pytest.raises(ValueError, match=r'--config\.train_rotations'):
-    problems.get_problem(_tiny_strokes(tmp_path, train_rotations=(45,)))
+  with pytest.raises(ValueError, match=r'--config\.task\.train_rotations'):
+    problems.get_problem(_tiny_strokes(tmp_path, {'task.train_rotations': (45,)}))
 
 
 def test_bad_rnn_fields_name_the_flag():
-  with pytest.raises(ValueError, match=r'--config\.cell'):
-    problems.get_problem(_tiny_sequence(cell='rnn'))
-  with pytest.raises(ValueError, match=r'--config\.kind'):
-    problems.get_problem(_tiny_sequence(kind='chaos'))
+  with pytest.raises(ValueError, match=r'--config\.model\.cell'):
+    problems.get_problem(_tiny_sequence({'model.cell': 'rnn'}))
+  with pytest.raises(ValueError, match=r'--config\.task\.kind'):
+    problems.get_problem(_tiny_sequence({'task.kind': 'chaos'}))
 
 
 def test_launcher_runs_a_tiny_sequence_config(tmp_path):
-  overrides = [f'--config.{k}={v}' for k, v in dict(
-      hidden_size=6, context_length=6, horizon=3, num_shots=3, num_query=2, meta_batch_size=2,
-      num_outer_steps=6, sparsity_warmup_steps=2, eval_num_tasks=4, eval_steps='0,2', eval_shots='3,',
-      eval_num_query=3, log_every_steps=3, checkpoint_every_steps=3, dense_reference=False,
-      granularity='weight+hidden_unit').items()]
+  overrides = [f'--config.{k}={v}' for k, v in {
+      'model.hidden_size': 6, 'task.context_length': 6, 'task.horizon': 3, 'task.num_shots': 3,
+      'task.num_query': 2, 'outer.meta_batch_size': 2, 'outer.num_outer_steps': 6,
+      'sparsity.sparsity_warmup_steps': 2, 'eval.num_tasks': 4, 'eval.steps': '0,2', 'eval.shots': '3,',
+      'eval.num_query': 3, 'run.log_every_steps': 3, 'run.checkpoint_every_steps': 3,
+      'eval.dense_reference': False, 'gates.granularity': 'weight+hidden_unit'}.items()]
   result = subprocess.run([sys.executable, '-m', 'experiments.maml_prune', '--task=sequence',
                            f'--workdir={tmp_path}', *overrides], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, 'PYTHONPATH': ROOT})
@@ -155,13 +168,14 @@ def test_launcher_runs_a_tiny_sequence_config(tmp_path):
 def test_meta_pruner_runs_on_rnn_tasks(tmp_path, task):
   if task == 'strokes' and not os.path.isdir(OMNIGLOT_DIR):
     pytest.skip('needs ../shared/data/omniglot')
-  overrides = dict(mask='meta_pruner', meta_pruner_hidden_sizes=(8,), meta_pruner_embed_dim=4,
-                   target_sparsity=0.5, harden_at_fraction=0.5)
-  config = _tiny_sequence(**overrides) if task == 'sequence' else _tiny_strokes(tmp_path, algorithm='protonet',
-                                                                                **overrides)
+  overrides = {'gates.mask': 'meta_pruner', 'gates.meta_pruner_hidden_sizes': (8,),
+               'gates.meta_pruner_embed_dim': 4, 'sparsity.target_sparsity': 0.5,
+               'sparsity.harden_at_fraction': 0.5}
+  config = (_tiny_sequence(overrides) if task == 'sequence'
+            else _tiny_strokes(tmp_path, {'algorithm': 'protonet', **overrides}))
   summary = train.run(config, str(tmp_path / 'run'))
   analysis = summary['meta_pruner']
-  assert analysis['num_tasks'] == config.eval_num_tasks
+  assert analysis['num_tasks'] == config.eval.num_tasks
   # Each task's mask is hardened to at least the target; 6 hidden-unit gates (strokes) cannot hit it exactly.
   assert 0.5 <= analysis['realised_sparsity']['min']
   assert analysis['realised_sparsity']['max'] < (0.55 if task == 'sequence' else 0.8)

@@ -17,9 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 SPEC = f'''
 def get_sweep():
-  return {{'method': 'grid', 'parameters': {{'target_sparsity': [0.5, 0.8]}}, 'seeds': [0, 1],
+  return {{'method': 'grid', 'parameters': {{'sparsity.target_sparsity': [0.5, 0.8]}}, 'seeds': [0, 1],
           'config': '{ROOT}/experiments/configs/smoke.py',
-          'fixed': {{'num_outer_steps': 10, 'eval_num_tasks': 8, 'eval_shots': (5,), 'tensorboard': False}},
+          'fixed': {{'outer.num_outer_steps': 10, 'eval.num_tasks': 8, 'eval.shots': (5,),
+                    'run.tensorboard': False}},
           'metric': 'eval.sparse.shots_5.step_1.mean'}}
 '''
 
@@ -59,7 +60,7 @@ def test_interrupted_sweep_skips_done_runs_and_aggregates(tmp_path):
     assert row['status'] == 'done'
     test_utils.assert_equal(float(row['metric']), summary['eval']['sparse']['shots_5']['step_1']['mean'])
     test_utils.assert_equal(summary['seed'], run['seed'])
-    test_utils.assert_equal(float(row['target_sparsity']), run['overrides']['target_sparsity'])
+    test_utils.assert_equal(float(row['sparsity.target_sparsity']), run['overrides']['sparsity.target_sparsity'])
   table = (workdir / 'results.md').read_text()
   assert '| 0.5 | 2 |' in table and '| 0.8 | 2 |' in table
   assert (workdir / 'sweep.png').stat().st_size > 0
@@ -67,24 +68,39 @@ def test_interrupted_sweep_skips_done_runs_and_aggregates(tmp_path):
 
 def test_random_search_is_reproducible_and_in_range():
   spec = {'method': 'random', 'num_samples': 5, 'seeds': [0],
-          'parameters': {'outer_lr': {'log_uniform': [1e-4, 1e-2]}, 'activation': ['relu', 'tanh']}}
+          'parameters': {'outer.outer_lr': {'log_uniform': [1e-4, 1e-2]}, 'model.activation': ['relu', 'tanh']}}
   sweep.validate_spec(spec)
+  sweep.check_fields('sinusoid', spec)
   runs = sweep.expand(spec)
   assert runs == sweep.expand(spec)
-  assert all(1e-4 <= r['overrides']['outer_lr'] <= 1e-2 for r in runs)
-  assert {r['overrides']['activation'] for r in runs} <= {'relu', 'tanh'}
+  assert all(1e-4 <= r['overrides']['outer.outer_lr'] <= 1e-2 for r in runs)
+  assert {r['overrides']['model.activation'] for r in runs} <= {'relu', 'tanh'}
+  command = sweep.run_command('sinusoid', spec, runs[0], '/tmp/run')
+  assert any(arg.startswith('--config.outer.outer_lr=') for arg in command)
 
 
 def test_yaml_spec_loads(tmp_path):
   path = tmp_path / 'spec.yaml'
-  path.write_text('method: grid\nparameters:\n  target_sparsity: [0.5, 0.9]\nseeds: [0, 1, 2]\n')
+  path.write_text('method: grid\nparameters:\n  sparsity.target_sparsity: [0.5, 0.9]\nseeds: [0, 1, 2]\n')
   test_utils.assert_equal(len(sweep.expand(sweep.load_spec(str(path)))), 6)
 
 
 @pytest.mark.parametrize('spec,match', [({'method': 'bayes'}, "method='bayes'; use one of"),
                                         ({'seeds': []}, 'seeds'),
-                                        ({'parameters': {'outer_lr': {'uniform': [0, 1]}}}, 'need method random'),
+                                        ({'parameters': {'outer.outer_lr': {'uniform': [0, 1]}}},
+                                         'need method random'),
                                         ({'paramters': {}}, 'expected a dict with keys')])
 def test_bad_spec_names_the_problem(spec, match):
   with pytest.raises(ValueError, match=match):
     sweep.validate_spec(spec, 'spec.py')
+
+
+def test_unknown_field_in_a_spec_is_one_line_naming_the_closest(tmp_path):
+  spec_path = tmp_path / 'spec.yaml'
+  spec_path.write_text('method: grid\nparameters:\n  target_sparsity: [0.5]\nfixed:\n  outer.num_outer_step: 10\n')
+  with pytest.raises(ValueError, match='did you mean --config.sparsity.target_sparsity'):
+    sweep.check_fields('sinusoid', sweep.load_spec(str(spec_path)))
+  result = subprocess.run([sys.executable, '-m', 'experiments.sweep', '--task=sinusoid', f'--sweep={spec_path}',
+                           f'--workdir={tmp_path}/sweep'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert 'error: --config.target_sparsity is not a config field' in result.stderr, result.stderr

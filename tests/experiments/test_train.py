@@ -7,7 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import checkpoint
+from metaprune_jax import checkpoint
+from experiments import build
+from experiments import config_check
 from experiments import problems
 from experiments import train
 from experiments.configs import smoke
@@ -24,9 +26,9 @@ def test_tiny_run_writes_outputs_and_honest_summary(tmp_path):
   summary = train.run(config, str(tmp_path))
   for name in ('config.json', 'metrics.jsonl', 'summary.json', 'training.png'):
     assert (tmp_path / name).exists(), name
-  assert checkpoint.list_checkpoints(str(tmp_path))[-1][0] == config.num_outer_steps
+  assert checkpoint.list_checkpoints(str(tmp_path))[-1][0] == config.outer.num_outer_steps
   stats = summary['eval']['sparse']['shots_5']['step_1']
-  assert stats['num_tasks'] == config.eval_num_tasks
+  assert stats['num_tasks'] == config.eval.num_tasks
   assert {'mean', 'ci95', 'median', 'num_diverged'} <= set(stats)
   assert set(summary['eval']) == {'sparse', 'gates_off'}
   assert 0.0 <= summary['sparsity']['realised_sparsity'] < 1.0
@@ -37,7 +39,7 @@ def test_tiny_run_writes_outputs_and_honest_summary(tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
   config = smoke.get_config()
-  config.checkpoint_every_steps = 10
+  config.run.checkpoint_every_steps = 10
   full = train.run(config, str(tmp_path / 'full'))
 
   real_save = checkpoint.save
@@ -60,10 +62,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_steps_per_call_gives_the_same_run(tmp_path):
   config = smoke.get_config()  # 30 steps, log every 10, checkpoint at the end.
-  config.checkpoint_every_steps = 15  # Boundaries 10, 15, 20, 30: some calls must fall back to one step.
-  config.steps_per_call = 1
+  config.run.checkpoint_every_steps = 15  # Boundaries 10, 15, 20, 30: some calls must fall back to one step.
+  config.run.steps_per_call = 1
   single = train.run(config, str(tmp_path / 'single'))
-  config.steps_per_call = 4
+  config.run.steps_per_call = 4
   scanned = train.run(config, str(tmp_path / 'scanned'))
   drop_rate = lambda records: [{k: v for k, v in r.items() if k != 'steps_per_sec'} for r in records]
   one, four = drop_rate(_read_metrics(str(tmp_path / 'single'))), drop_rate(_read_metrics(str(tmp_path / 'scanned')))
@@ -77,49 +79,81 @@ def test_steps_per_call_gives_the_same_run(tmp_path):
   assert scanned['timings']['steps_per_sec'] > 0
 
 
-@pytest.mark.parametrize('field,value,flag', [
-    ('target_sparsity', 1.0, '--config.target_sparsity'),
-    ('target_sparsity', -0.2, '--config.target_sparsity'),
-    ('num_outer_steps', 0, '--config.num_outer_steps'),
-    ('num_inner_steps', 0, '--config.num_inner_steps'),
-    ('meta_batch_size', -1, '--config.meta_batch_size'),
-    ('task', 'imagenet', '--task'),
-    ('granularity', 'atoms', '--config.granularity'),
-    ('outer_lr_schedule', 'linear', '--config.outer_lr_schedule'),
-    ('outer_lr_final_scale', 1.5, '--config.outer_lr_final_scale'),
-    ('activation', 'sigmoid', "--config.activation='sigmoid' is invalid: use one of"),
-    ('input_range', (5.0, -5.0), '--config.input_range'),
-    ('gate_sample_scope', 'episode', '--config.gate_sample_scope'),
-    ('steps_per_call', 0, '--config.steps_per_call'),
+@pytest.mark.parametrize('path,value,flag', [
+    ('sparsity.target_sparsity', 1.0, '--config.sparsity.target_sparsity'),
+    ('sparsity.target_sparsity', -0.2, '--config.sparsity.target_sparsity'),
+    ('sparsity.dual_lr', -0.1, '--config.sparsity.dual_lr'),
+    ('outer.num_outer_steps', 0, '--config.outer.num_outer_steps'),
+    ('inner.num_inner_steps', 0, '--config.inner.num_inner_steps'),
+    ('outer.meta_batch_size', -1, '--config.outer.meta_batch_size'),
+    ('task.name', 'imagenet', '--task'),
+    ('task.num_shots', 0, '--config.task.num_shots'),
+    ('gates.granularity', 'atoms', '--config.gates.granularity'),
+    ('outer.outer_lr_schedule', 'linear', '--config.outer.outer_lr_schedule'),
+    ('outer.outer_lr_final_scale', 1.5, '--config.outer.outer_lr_final_scale'),
+    ('model.activation', 'sigmoid', "--config.model.activation='sigmoid' is invalid: use one of"),
+    ('model.kernel_init_std', -1.0, '--config.model.kernel_init_std'),
+    ('task.input_range', (5.0, -5.0), '--config.task.input_range'),
+    ('execution.gate_sample_scope', 'episode', '--config.execution.gate_sample_scope'),
+    ('run.steps_per_call', 0, '--config.run.steps_per_call'),
+    ('eval.num_tasks', 1, '--config.eval.num_tasks'),
 ])
-def test_bad_config_names_the_flag(field, value, flag):
+def test_bad_config_names_the_flag(path, value, flag):
   config = smoke.get_config()
-  config[field] = value
+  section, field = path.split('.')
+  config[section][field] = value
   with pytest.raises(ValueError, match=flag):
-    train.validate_config(config)
+    build.check(config)
 
 
 def test_hidden_unit_gates_on_an_mlp_name_the_granularity(tmp_path):
   config = smoke.get_config()
-  config.granularity = 'hidden_unit'
-  with pytest.raises(ValueError, match="--config.granularity='hidden_unit' gates the hidden units of recurrent"):
+  config.gates.granularity = 'hidden_unit'
+  with pytest.raises(ValueError, match="--config.gates.granularity='hidden_unit' gates the hidden units of recurrent"):
     train.run(config, str(tmp_path))
 
 
-@pytest.mark.parametrize('field,value,match', [
-    ('hidden_sizes', 8, '--config.hidden_sizes=8 is invalid: expected a sequence'),
-    ('outer_lr', '1e-3', "--config.outer_lr='1e-3' is invalid: expected a float"),
-    ('tensorboard', 1, '--config.tensorboard=1 is invalid: expected a bool'),
+@pytest.mark.parametrize('path,value,match', [
+    ('model.hidden_sizes', 8, '--config.model.hidden_sizes=8 is invalid: expected a sequence'),
+    ('outer.outer_lr', '1e-3', "--config.outer.outer_lr='1e-3' is invalid: expected a float"),
+    ('run.tensorboard', 1, '--config.run.tensorboard=1 is invalid: expected a bool'),
 ])
-def test_wrong_type_in_a_python_built_config_names_the_field(field, value, match):
-  config = ml_collections.ConfigDict({**smoke.get_config().to_dict(), field: value})
-  with pytest.raises(ValueError, match=match):
-    train.validate_config(config)
+def test_wrong_type_in_a_python_built_config_names_the_field(path, value, match):
+  as_dict = smoke.get_config().to_dict()
+  section, field = path.split('.')
+  as_dict[section][field] = value
+  with pytest.raises(config_check.ConfigError, match=match):
+    build.check(ml_collections.ConfigDict(as_dict))
+
+
+@pytest.mark.parametrize('path,suggestion', [
+    ('sparsity.target_sparsty', 'sparsity.target_sparsity'),
+    ('target_sparsity', 'sparsity.target_sparsity'),
+    ('eval.num_task', 'eval.num_tasks'),
+])
+def test_unknown_field_in_a_python_built_config_names_the_closest(path, suggestion):
+  as_dict = smoke.get_config().to_dict()
+  if '.' in path:
+    section, field = path.split('.')
+    as_dict[section][field] = 1
+  else:
+    as_dict[path] = 1
+  with pytest.raises(config_check.ConfigError, match=f'--config.{path} is not a config field; did you mean '
+                     f'--config.{suggestion}'):
+    build.check(ml_collections.ConfigDict(as_dict))
+
+
+def test_every_config_file_passes_its_own_check():
+  for name in sorted(os.listdir(config_check.CONFIG_DIR)):
+    if name.endswith('.py') and name not in ('__init__.py', 'base.py'):
+      config = config_check.load_config_file(os.path.join(config_check.CONFIG_DIR, name))
+      build.check(config)  # Names, types and values.
+      assert config.eval.inner_lr == config.inner.inner_lr, name  # A reference, unless a file sets it.
 
 
 def test_dense_mask_trains_without_gates(tmp_path):
   config = smoke.get_config()
-  config.mask = 'none'
+  config.gates.mask = 'none'
   summary = train.run(config, str(tmp_path))
   assert set(summary['eval']) == {'dense'}
   assert summary['sparsity']['nonzero_params'] == summary['sparsity']['total_params']
@@ -127,18 +161,18 @@ def test_dense_mask_trains_without_gates(tmp_path):
 
 def test_problem_registry_lists_valid_tasks():
   config = smoke.get_config()
-  config.task = 'nope'
+  config.task.name = 'nope'
   with pytest.raises(ValueError, match='sinusoid'):
     problems.get_problem(config)
 
 
 def test_meta_pruner_run_reports_task_masks(tmp_path):
   config = smoke.get_config()
-  config.mask = 'meta_pruner'
-  config.target_sparsity = 0.5
-  config.harden_at_fraction = 0.5
-  config.meta_pruner_hidden_sizes = (8,)
-  config.meta_pruner_embed_dim = 4
+  config.gates.mask = 'meta_pruner'
+  config.sparsity.target_sparsity = 0.5
+  config.sparsity.harden_at_fraction = 0.5
+  config.gates.meta_pruner_hidden_sizes = (8,)
+  config.gates.meta_pruner_embed_dim = 4
   summary = train.run(config, str(tmp_path))
   analysis = summary['meta_pruner']
   assert analysis['realised_sparsity']['min'] >= 0.5 and analysis['realised_sparsity']['max'] < 0.52

@@ -3,11 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metaprune_jax import losses
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.meta import evaluate
 from metaprune_jax.meta import maml
+from metaprune_jax.meta.settings import InnerSettings
 from metaprune_jax.nets import mlp
 from metaprune_jax.tasks import sinusoid
 from tests import test_utils
@@ -36,12 +38,22 @@ def test_traces_start_at_the_unadapted_loss_and_chunks_agree():
   meta_params = {'params': params, 'gate_logits': hard_concrete.init_gate_logits(params, 'weight')}
   tasks = sinusoid.sample_sinusoid_tasks(jax.random.key(1), num_tasks=7, num_support=5, num_query=9)
   loss_fn = losses.mse_loss(model.apply)
-  settings = maml.InnerSettings(inner_lr=0.01, num_inner_steps=3)
-  traces = evaluate.query_loss_traces(meta_params, tasks, loss_fn=loss_fn, settings=settings, chunk_size=3)
+  settings = InnerSettings(inner_lr=0.01, num_inner_steps=3)
+  learner = maml.maml(loss_fn)
+  out = evaluate.learner_traces(learner, meta_params, tasks, settings=settings, chunk_size=3)
+  assert set(out) == {'loss'} and out['loss'].dtype == np.float64
+  traces = out['loss']
   assert traces.shape == (7, 4)
-  whole = evaluate.query_loss_traces(meta_params, tasks, loss_fn=loss_fn, settings=settings, chunk_size=100)
+  whole = evaluate.learner_traces(learner, meta_params, tasks, settings=settings, chunk_size=100)['loss']
   test_utils.assert_close(traces, whole, rtol=1e-5)
+  for i in (0, 6):  # Each row is that task's own trace.
+    test_utils.assert_close(traces[i], learner.task_traces(meta_params, jax.tree.map(lambda x, i=i: x[i], tasks),
+                                                           settings=settings)['loss'], rtol=1e-5)
   unadapted = [float(loss_fn(params, tasks.query_inputs[i], tasks.query_targets[i])) for i in range(7)]
   test_utils.assert_close(traces[:, 0], unadapted, rtol=1e-5)  # init_logit 3: gates exactly 1.
   summary = evaluate.summarise_traces(traces, [0, 3])
   assert set(summary) == {'step_0', 'step_3'}
+  off = evaluate.learner_traces(learner, meta_params, tasks, settings=settings, gate_mode='off')['loss']
+  test_utils.assert_close(off, traces, rtol=1e-5)  # Gates exactly 1: the dense model.
+  with pytest.raises(ValueError, match='fixed gates'):
+    evaluate.learner_traces(learner, meta_params, tasks, settings=settings, gate_mode='sample')

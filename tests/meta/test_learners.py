@@ -8,11 +8,15 @@ import pytest
 
 from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
+from metaprune_jax.meta import adapt
+from metaprune_jax.meta import gate_source
 from metaprune_jax.meta import learners
-from metaprune_jax.meta import maml
+from metaprune_jax.meta import optimizer as outer_optimizer
 from metaprune_jax.meta import protonet
 from metaprune_jax.meta import reptile
 from metaprune_jax.meta import step as meta_step
+from metaprune_jax.meta.settings import Execution
+from metaprune_jax.meta.settings import InnerSettings
 from metaprune_jax.nets import conv
 from tests import test_utils
 
@@ -32,8 +36,9 @@ def _embed(params, images):
   return conv.conv4_features(params, images, method='patches')
 
 
-def _learner(name):
-  return learners.get_learner(name, loss_fn=_loss, accuracy_fn=_accuracy, embed_fn=_embed, head_keys=('head',))
+def _learner(name, execution=Execution()):
+  return learners.get_learner(name, loss_fn=_loss, accuracy_fn=_accuracy, embed_fn=_embed, head_keys=('head',),
+                              execution=execution)
 
 
 def _params():
@@ -68,6 +73,15 @@ def test_unknown_algorithm_lists_the_valid_ones():
     _learner('mamll')
 
 
+def test_registry_builds_every_name_once_per_inputs():
+  for name in learners.LEARNERS:
+    learner = _learner(name)
+    assert learner.name == name
+    assert _learner(name) is learner  # Cached: jit caches keyed on the learner hit.
+    other = _learner(name, Execution(python_loop=True))
+    assert other is not learner and other.execution == Execution(python_loop=True)
+
+
 def test_protonet_and_anil_need_their_problem_functions():
   with pytest.raises(ValueError, match='embed_fn'):
     learners.get_learner('protonet', loss_fn=_loss)
@@ -79,15 +93,16 @@ def test_protonet_and_anil_need_their_problem_functions():
 @pytest.mark.parametrize('name', learners.LEARNERS)
 def test_contract_one_jitted_meta_step(name, masking):
   learner = _learner(name)
-  settings = maml.InnerSettings(inner_lr=0.1)
+  settings = InnerSettings(inner_lr=0.1)
   meta_params = _meta_params(learner, settings, gated=masking == 'gates')
   masks = _fixed_masks(meta_params['params']) if masking == 'fixed' else None
-  optimizer = meta_step.make_outer_optimizer(1e-3, 1e-2, inner_lrs_lr=1e-3)
+  optimizer = outer_optimizer.outer_optimizer({'params': 1e-3, 'gate_logits': 1e-2, 'inner_lrs': 1e-3})
   state = meta_step.init_meta_state(jax.random.key(1), meta_params['params'], meta_params['gate_logits'],
                                     optimizer, masks=masks, extra=learner.init_extra(meta_params['params'], settings))
   counter = test_utils.CompileCounter()
-  step = meta_step.make_meta_step(counter.wrap(_tasks), _loss, optimizer, meta_batch_size=2, settings=settings,
-                                  learner=learner)
+  gates = gate_source.shared_gates() if masking == 'gates' else gate_source.no_gates()
+  step = meta_step.compile_step(meta_step.make_meta_step(counter.wrap(_tasks), learner, optimizer, meta_batch_size=2,
+                                                         settings=settings, gates=gates))
   for _ in range(2):
     state, metrics = step(state)
   test_utils.assert_all_finite(metrics)
@@ -116,7 +131,7 @@ def _one_task():
 
 
 def test_fomaml_gradient_equals_the_stop_gradient_reference():
-  learner, settings = _learner('fomaml'), maml.InnerSettings(inner_lr=0.1)
+  learner, settings = _learner('fomaml'), InnerSettings(inner_lr=0.1)
   params, task = _params(), _one_task()
   got = jax.grad(lambda p: learner.task_loss({'params': p, 'gate_logits': None}, task, None, settings=settings,
                                              gate_mode='off'))(params)
@@ -131,9 +146,10 @@ def test_fomaml_gradient_equals_the_stop_gradient_reference():
 
 
 def test_anil_adapts_only_the_head_but_the_body_gets_outer_gradients():
-  settings, task = maml.InnerSettings(inner_lr=0.5, num_inner_steps=2), _one_task()
+  settings, task = InnerSettings(inner_lr=0.5, num_inner_steps=2), _one_task()
   meta_params = {'params': _params(), 'gate_logits': None}
-  adapted, effective = maml.adapt_task(meta_params, task, None, _loss, settings, 'off', None, None, ('head',))
+  adapted, effective = adapt.adapt_task(meta_params, task, None, _loss, settings, Execution(), 'off', None, None,
+                                        ('head',))
   assert set(adapted) == {'head'}
   full = effective(adapted)
   for key in meta_params['params']:
@@ -146,7 +162,7 @@ def test_anil_adapts_only_the_head_but_the_body_gets_outer_gradients():
 
 
 def test_metasgd_uses_its_learned_rates():
-  learner, settings, task = _learner('metasgd'), maml.InnerSettings(inner_lr=0.1), _one_task()
+  learner, settings, task = _learner('metasgd'), InnerSettings(inner_lr=0.1), _one_task()
   meta_params = _meta_params(learner, settings, gated=False)
   frozen = {**meta_params, 'inner_lrs': jax.tree.map(jnp.zeros_like, meta_params['inner_lrs'])}
   before = _loss(meta_params['params'], task.query_inputs, task.query_targets)
@@ -156,11 +172,12 @@ def test_metasgd_uses_its_learned_rates():
 
 
 def test_reptile_direction_is_theta_minus_adapted():
-  settings, task = maml.InnerSettings(inner_lr=0.3, num_inner_steps=3), _one_task()
+  settings, task = InnerSettings(inner_lr=0.3, num_inner_steps=3), _one_task()
   meta_params = {'params': _params(), 'gate_logits': None}
   loss, grads = jax.value_and_grad(
       lambda mp: _learner('reptile').task_loss(mp, task, None, settings=settings, gate_mode='off'))(meta_params)
-  adapted, _ = maml.adapt_task(meta_params, task, None, _loss, settings._replace(first_order=True), 'off', None)
+  adapted, _ = adapt.adapt_task(meta_params, task, None, _loss, settings._replace(first_order=True), Execution(),
+                                'off', None)
   expected = jax.tree.map(lambda t, a: t - a, meta_params['params'], adapted)
   test_utils.assert_trees_all_close(grads['params'], expected, rtol=1e-5, atol=1e-7)
   test_utils.assert_close(loss, _loss(adapted, task.query_inputs, task.query_targets), rtol=1e-6)
@@ -176,7 +193,7 @@ def test_protonet_separable_embeddings_are_classified_perfectly():
                          centres[query_labels] + 0.1 * jax.random.normal(key_q, (7, 4)), query_labels)
   learner = learners.get_learner('protonet', loss_fn=_loss, embed_fn=lambda p, x: x * p['w'])
   traces = learner.task_traces({'params': {'w': jnp.ones(4)}, 'gate_logits': None}, task,
-                               settings=maml.InnerSettings(num_inner_steps=2), gate_mode='off')
+                               settings=InnerSettings(num_inner_steps=2), gate_mode='off')
   test_utils.assert_equal(traces['accuracy'], jnp.ones(3))
   assert float(traces['loss'][0]) < 1e-3
   logits = protonet.prototype_logits(task.support_inputs, support_labels, task.query_inputs)
@@ -186,13 +203,14 @@ def test_protonet_separable_embeddings_are_classified_perfectly():
 
 @pytest.mark.parametrize('name,scope', [('maml', 'task'), ('protonet', 'task'), ('maml', 'batch')])
 def test_chunked_meta_batch_equals_one_vmap(name, scope):
-  learner = _learner(name)
-  settings = maml.InnerSettings(inner_lr=0.1, gate_sample_scope=scope)
+  learner = _learner(name, Execution(gate_sample_scope=scope))
+  settings = InnerSettings(inner_lr=0.1)
   meta_params = _meta_params(learner, settings)
   tasks, key = _tasks(jax.random.key(8), 4), jax.random.key(9)
   whole = jax.value_and_grad(lambda mp: learner.batch_loss(mp, tasks, key, settings=settings))(meta_params)
-  chunked = jax.value_and_grad(lambda mp: learner.batch_loss(
-      mp, tasks, key, settings=settings._replace(task_chunk_size=2)))(meta_params)
+  chunked_learner = _learner(name, Execution(gate_sample_scope=scope, task_chunk_size=2))
+  chunked = jax.value_and_grad(lambda mp: chunked_learner.batch_loss(mp, tasks, key, settings=settings))(meta_params)
   test_utils.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match='task_chunk_size=3'):
-    learner.batch_loss(meta_params, tasks, key, settings=settings._replace(task_chunk_size=3))
+    _learner(name, Execution(gate_sample_scope=scope, task_chunk_size=3)).batch_loss(meta_params, tasks, key,
+                                                                                      settings=settings)

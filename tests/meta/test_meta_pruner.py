@@ -1,14 +1,25 @@
-"""Tests for the meta-pruner's task embedding, task logits and mask distances."""
+"""The meta-pruner: task embedding, task logits, mask distances, and its gate source in the meta-step."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metaprune_jax import losses
 from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import harden
+from metaprune_jax.masks import l0_objective
+from metaprune_jax.masks import sparsity
+from metaprune_jax.meta import gate_source
+from metaprune_jax.meta import maml
 from metaprune_jax.meta import meta_pruner
+from metaprune_jax.meta import optimizer as outer_optimizer
+from metaprune_jax.meta import step as meta_step
+from metaprune_jax.meta.settings import InnerSettings
 from metaprune_jax.nets import mlp
+from metaprune_jax.tasks import sinusoid
 from tests import test_utils
+from tests.meta import common
 
 
 def _setup(granularity='weight'):
@@ -61,7 +72,7 @@ def test_gradients_reach_every_pruner_parameter():
 
   def loss(pruner):
     logits = meta_pruner.task_gate_logits(pruner, base, params, features)
-    return hard_concrete.expected_density(params, logits) + sum(
+    return sparsity.expected_density(params, logits) + sum(
         jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(logits))
   grads = jax.grad(loss)(pruner)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -91,36 +102,27 @@ def test_mask_distances_match_hand_counts():
 
 
 def _sinusoid_state(harden_step=None, target=0.75):
-  from metaprune_jax import losses
-  from metaprune_jax.masks import l0_objective
-  from metaprune_jax.meta import learners
-  from metaprune_jax.meta import maml
-  from metaprune_jax.meta import step as meta_step
-  from metaprune_jax.tasks import sinusoid
   model = mlp.make_mlp((8, 8), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   base = hard_concrete.init_gate_logits(params, 'weight', init_logit=1.0)
   features_fn = meta_pruner.task_features_fn()
   pruner = meta_pruner.init_meta_pruner(jax.random.key(1), params, base, feature_dim=2, hidden_sizes=(8,),
                                         embed_dim=4)
-  loss_fn = losses.mse_loss(model.apply)
-  learner, density = meta_pruner.conditioned_learner(learners.get_learner('maml', loss_fn=loss_fn), features_fn,
-                                                     target_sparsity=target)
-  optimizer = meta_step.make_outer_optimizer(1e-2, 1e-1)
+  learner = maml.maml(losses.mse_loss(model.apply))
+  source = meta_pruner.meta_pruner_gates(features_fn, target_sparsity=target)
+  optimizer = outer_optimizer.outer_optimizer({'params': 1e-2, 'gate_logits': 1e-1, 'meta_pruner': 1e-2})
   state = meta_step.init_meta_state(jax.random.key(2), params, base, optimizer, extra={'meta_pruner': pruner})
-  sampler = lambda key, n: sinusoid.sample_sinusoid_tasks(key, num_tasks=n, num_support=5, num_query=5)
   counter = test_utils.CompileCounter()
-  step = meta_step.make_meta_step(counter.wrap(sampler), loss_fn, optimizer, meta_batch_size=4,
-                                  settings=maml.InnerSettings(inner_lr=0.01),
+  step = meta_step.make_meta_step(counter.wrap(common.sampler), learner, optimizer, meta_batch_size=4,
+                                  settings=InnerSettings(inner_lr=0.01), gates=source,
                                   objective=l0_objective.L0Objective(target_sparsity=target, dual_lr=0.1),
-                                  harden_step=harden_step, learner=learner, gate_density=density)
-  return state, step, counter, learner, features_fn, sampler
+                                  harden_step=harden_step)
+  return state, meta_step.compile_step(step), counter, learner, source, features_fn
 
 
 def test_meta_step_trains_the_pruner_without_recompiling():
   state, step, counter, _, _, _ = _sinusoid_state()
-  before = state.meta_params['meta_pruner']
-  before = jax.tree.map(jnp.copy, before)
+  before = common.copy(state.meta_params['meta_pruner'])
   for _ in range(3):
     state, metrics = step(state)
   test_utils.assert_all_finite(metrics)
@@ -130,17 +132,59 @@ def test_meta_step_trains_the_pruner_without_recompiling():
   assert min(moved) > 0, 'every meta-pruner parameter group must receive updates'
 
 
+def test_an_untrained_pruner_runs_the_shared_gate_learner_exactly():
+  state, _, _, learner, source, _ = _sinusoid_state()
+  meta_params, settings = state.meta_params, InnerSettings(inner_lr=0.01)
+  tasks, key = common.sampler(jax.random.key(4), 3), jax.random.key(5)
+  bound = source.bind(learner, False)
+  assert bound.name == 'maml+meta_pruner' and source.groups == ('gate_logits', 'meta_pruner')
+  shared = {'params': meta_params['params'], 'gate_logits': meta_params['gate_logits']}
+  for mode in ('sample', 'off'):
+    test_utils.assert_close(bound.batch_loss(meta_params, tasks, key, settings=settings, gate_mode=mode),
+                            learner.batch_loss(shared, tasks, key, settings=settings, gate_mode=mode), rtol=1e-6)
+  test_utils.assert_close(source.expected_density(meta_params, tasks, False),
+                          gate_source.shared_gates().expected_density(shared, tasks, False), rtol=1e-6)
+  test_utils.assert_close(source.expected_density(meta_params, tasks, True), 0.25)  # Hardened: the target.
+
+
+def test_the_hardened_learner_runs_each_task_on_its_own_hardened_mask():
+  state, _, _, learner, source, features_fn = _sinusoid_state()
+  meta_params = {**state.meta_params, 'meta_pruner': _perturbed(state.meta_params['meta_pruner'],
+                                                                jax.random.key(6))}
+  settings, tasks = InnerSettings(inner_lr=0.01), common.sampler(jax.random.key(7), 3)
+  hardened = source.bind(learner, True)
+  masks = meta_pruner.task_masks(meta_params, tasks, features_fn, target_sparsity=0.75)
+  for i in range(3):
+    task = common.task(tasks, i)
+    logits = meta_pruner.task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'],
+                                          meta_params['params'], features_fn(meta_params['params'], task))
+    own = {'params': meta_params['params'], 'gate_logits': harden.harden(meta_params['params'], logits, 0.75)}
+    test_utils.assert_close(hardened.task_traces(meta_params, task, settings=settings)['loss'],
+                            learner.task_traces(own, task, settings=settings)['loss'], rtol=1e-6)
+    test_utils.assert_trees_all_equal(jax.tree.map(lambda m, i=i: m[i], masks),
+                                      hard_concrete.deterministic_gates(own['gate_logits']))
+  soft, noise_key = source.bind(learner, False), jax.random.key(8)
+  assert float(hardened.batch_loss(meta_params, tasks, noise_key, settings=settings)) != float(
+      soft.batch_loss(meta_params, tasks, noise_key, settings=settings))
+
+
 def test_hardened_task_masks_meet_the_target_on_held_out_tasks():
-  from metaprune_jax.tasks import sinusoid
-  state, step, _, _, features_fn, _ = _sinusoid_state(harden_step=2)
-  for _ in range(4):
+  state, step, counter, _, _, features_fn = _sinusoid_state(harden_step=2)
+  for _ in range(2):
     state, _ = step(state)
-  frozen = jax.tree.map(jnp.copy, state.meta_params['meta_pruner'])
+  state, metrics = step(state)  # Step index 2: every task hardens its own mask; the pruner freezes.
+  test_utils.assert_close(metrics['mask/expected_sparsity'], 0.75, rtol=1e-6)  # The hardened density: exact.
+  frozen = common.copy((state.meta_params['meta_pruner'], state.meta_params['gate_logits'], state.multiplier))
+  params_before = common.copy(state.meta_params['params'])
   state, _ = step(state)
-  test_utils.assert_trees_all_equal(state.meta_params['meta_pruner'], frozen)  # Frozen after hardening.
+  test_utils.assert_trees_all_equal((state.meta_params['meta_pruner'], state.meta_params['gate_logits'],
+                                     state.multiplier), frozen)
+  assert float(jnp.max(jnp.abs(state.meta_params['params']['Dense_1']['kernel']
+                               - params_before['Dense_1']['kernel']))) > 0  # The weights fine-tune.
+  assert counter.count == 1  # The switch to the hardened learner is a lax.cond, not a retrace.
   tasks = sinusoid.sample_sinusoid_tasks(jax.random.key(9), num_tasks=6, num_support=5, num_query=5)
   masks = meta_pruner.task_masks(state.meta_params, tasks, features_fn, target_sparsity=0.75)
   params = state.meta_params['params']
-  gated = hard_concrete.num_gated_weights(params, state.meta_params['gate_logits'])
+  gated = sparsity.num_gated_weights(params, state.meta_params['gate_logits'])
   zeros = sum(jnp.sum(m == 0, axis=tuple(range(1, m.ndim))) for m in jax.tree.leaves(masks))
   test_utils.assert_equal(zeros, jnp.full((6,), int(np.ceil(0.75 * gated))))

@@ -19,19 +19,33 @@ import jax
 import numpy as np
 from experiments import problems, train
 from experiments.configs import smoke
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.meta import gate_source
+from metaprune_jax.meta import learners
+from metaprune_jax.meta import optimizer as outer_optimizer
 from metaprune_jax.meta import sharding
 from metaprune_jax.meta import step as meta_step
+from metaprune_jax.meta.settings import Execution
+from metaprune_jax.meta.settings import InnerSettings
 
 assert jax.device_count() == 4, jax.devices()
 config = smoke.get_config()
 problem = problems.get_problem(config)
 
 def run_steps(mesh, num_steps=6):
-  state, optimizer = train.init_state(config, problem)
-  state = sharding.replicate(state, mesh)
-  step_fn = meta_step.make_meta_step(problem.train_sampler, problem.loss_fn, optimizer,
-                                     meta_batch_size=config.meta_batch_size, settings=train.inner_settings(config),
-                                     objective=train._objective(config), mesh=mesh)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  params = problem.init_params(init_key)
+  gates = hard_concrete.init_gate_logits(params, 'weight', init_logit=float(config.gates.init_logit))
+  optimizer = outer_optimizer.outer_optimizer({'params': 1e-3, 'gate_logits': 1e-2})
+  state = sharding.replicate(meta_step.init_meta_state(train_key, params, gates, optimizer), mesh)
+  learner = learners.get_learner('maml', loss_fn=problem.loss_fn,
+                                 execution=Execution(python_loop=bool(config.execution.python_loop)))
+  settings = InnerSettings(inner_lr=float(config.inner.inner_lr), num_inner_steps=int(config.inner.num_inner_steps))
+  step_fn = meta_step.compile_step(
+      meta_step.make_meta_step(problem.train_sampler, learner, optimizer,
+                               meta_batch_size=int(config.outer.meta_batch_size), settings=settings,
+                               gates=gate_source.shared_gates(), objective=train._objective(config), mesh=mesh),
+      mesh=mesh)
   losses = []
   for _ in range(num_steps):
     state, metrics = step_fn(state)
@@ -47,9 +61,9 @@ diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
            for a, b in zip(jax.tree.leaves(one.meta_params), jax.tree.leaves(four.meta_params)))
 out = {'losses_1': losses_1, 'losses_4': losses_4, 'max_param_diff': diff, 'devices_1': devices_1,
        'devices_4': devices_4, 'all_reduce': 'all-reduce' in hlo_4, 'all_devices': sharding.resolve_num_devices(0)}
-config.num_outer_steps, config.checkpoint_every_steps, config.eval_num_tasks = 20, 10, 8
+config.outer.num_outer_steps, config.run.checkpoint_every_steps, config.eval.num_tasks = 20, 10, 8
 for n in (1, 4):
-  config.num_devices = n
+  config.run.num_devices = n
   summary = train.run(config, os.path.join(sys.argv[1], f'devices_{n}'))
   out[f'eval_{n}'] = summary['eval']['sparse']['shots_5']['step_1']['mean']
 print('RESULT ' + json.dumps(out))
@@ -89,10 +103,10 @@ def test_four_host_devices_match_one_device(tmp_path):
     assert (tmp_path / f'devices_{n}' / 'checkpoints' / '20').is_dir()
 
 
-@pytest.mark.parametrize('value,match', [(3, 'must divide --config.meta_batch_size=4'),
+@pytest.mark.parametrize('value,match', [(3, 'must divide --config.outer.meta_batch_size=4'),
                                          (-1, 'must be an integer >= 0')])
 def test_num_devices_is_validated(value, match):
   config = smoke.get_config()
-  config.num_devices = value
-  with pytest.raises(ValueError, match=f'--config.num_devices={value} is invalid: {match}'):
+  config.run.num_devices = value
+  with pytest.raises(ValueError, match=f'--config.run.num_devices={value} is invalid: {match}'):
     ops_config.validate(config)

@@ -1,17 +1,20 @@
 """Tests for metaprune_jax.nets.rnn."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaprune_jax.nets import masked
+from metaprune_jax.masks import masking
+from metaprune_jax.masks import sparsity
 from metaprune_jax.nets import rnn
 from tests import test_utils
 
 IN, HIDDEN, OUT, BATCH, TIME = 3, 5, 2, 4, 7
-CELLS = {'lstm': (rnn.init_lstm, rnn.lstm_apply, rnn.lstm_cell),
-         'gru': (rnn.init_gru, rnn.gru_apply, rnn.gru_cell)}
+CELLS = {'lstm': (rnn.init_lstm, functools.partial(rnn.rnn_apply, cell='lstm'), rnn.lstm_cell),
+         'gru': (rnn.init_gru, functools.partial(rnn.rnn_apply, cell='gru'), rnn.gru_cell)}
 # Jitted applies keep the tests fast; test_jit_equals_no_jit checks the eager path.
 JITTED = {cell: jax.jit(apply, static_argnames=('last_only',))
           for cell, (_, apply, _) in CELLS.items()}
@@ -92,7 +95,7 @@ def test_removed_unit_has_no_influence(cell):
   # The perturbation matters without the mask (the test can fail).
   assert not np.allclose(apply(noisy, inputs), apply(params, inputs))
   # The removed unit's hidden state stays exactly 0 at every step.
-  hs = _hidden_states(masked.apply_masks(noisy, masks), inputs, cell)
+  hs = _hidden_states(masking.apply_masks(noisy, masks), inputs, cell)
   test_utils.assert_equal(hs[:, :, unit], jnp.zeros((TIME, BATCH)))
   assert np.all(np.abs(np.asarray(hs[:, :, :unit])) > 0)
 
@@ -115,22 +118,22 @@ def test_weight_masks_gate_input_and_recurrent_separately(cell):
   assert not np.allclose(out, apply(params, other_inputs, no_recurrence))
 
 
-def test_realised_sparsity_counts_broadcast_zeros():
+def test_unit_masks_prune_every_weight_of_the_unit():
   params, _, _ = _setup('lstm')
-  test_utils.assert_equal(rnn.realised_sparsity(params, None), 0.0)
+  test_utils.assert_equal(sparsity.num_pruned(params, None) / masking.count_params(params), 0.0)
   masks = rnn.unit_masks_from_gates(params, jnp.ones((HIDDEN,)).at[0].set(0.0), 'lstm')
   g = rnn.NUM_GATES['lstm']
   removed = (IN * g  # input-kernel columns
              + HIDDEN * g + g * HIDDEN - g  # recurrent columns + row, overlap counted once
              + g  # bias
              + OUT)  # readout row
-  expected = removed / masked.count_params(params)
-  test_utils.assert_close(rnn.realised_sparsity(params, masks), expected)
+  expected = removed / masking.count_params(params)
+  test_utils.assert_close(sparsity.num_pruned(params, masks) / masking.count_params(params), expected)
   # A per-weight mask with three zeros in the input kernel.
   weight_masks = jax.tree.map(lambda _: None, params)
   weight_masks['input_kernel'] = jnp.ones_like(params['input_kernel']).at[0, :3].set(0.0)
-  test_utils.assert_close(rnn.realised_sparsity(params, weight_masks),
-                          3 / masked.count_params(params))
+  test_utils.assert_close(sparsity.num_pruned(params, weight_masks) / masking.count_params(params),
+                          3 / masking.count_params(params))
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
@@ -165,11 +168,11 @@ def test_bad_arguments_raise_clear_errors():
   with pytest.raises(ValueError, match='cell'):
     rnn.rnn_apply(params, inputs, cell='rnn')
   with pytest.raises(ValueError, match='cell'):
-    rnn.gru_apply(params, inputs)  # LSTM params into a GRU.
+    rnn.rnn_apply(params, inputs, cell='gru')  # LSTM params into a GRU.
   with pytest.raises(ValueError, match='unit_gates'):
     rnn.unit_masks_from_gates(params, jnp.ones((HIDDEN + 1,)), 'lstm')
   with pytest.raises(ValueError, match='inputs'):
-    rnn.lstm_apply(params, inputs[0])
+    rnn.rnn_apply(params, inputs[0], cell='lstm')
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])

@@ -11,7 +11,7 @@ import time
 import jax
 import pytest
 
-from experiments import checkpoint
+from metaprune_jax import checkpoint
 from experiments import problems
 from experiments import train
 from experiments.configs import smoke
@@ -34,8 +34,8 @@ async def finalize_or_die(self):
   return await real_finalize(self)
 atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
 config = smoke.get_config()
-config.checkpoint_every_steps = 10
-config.num_outer_steps = int(os.environ.get('NUM_STEPS', 30))
+config.run.checkpoint_every_steps = 10
+config.outer.num_outer_steps = int(os.environ.get('NUM_STEPS', 30))
 train.run(config, sys.argv[1])
 '''
 
@@ -53,7 +53,7 @@ def _records(workdir):
 
 def _config():
   config = smoke.get_config()
-  config.checkpoint_every_steps = 10
+  config.run.checkpoint_every_steps = 10
   return config
 
 
@@ -97,7 +97,7 @@ def test_sigkill_from_outside_after_the_first_checkpoint(tmp_path, uninterrupted
 
 def _trained(tmp_path):
   config = smoke.get_config()
-  config.num_outer_steps = 10
+  config.outer.num_outer_steps = 10
   train.run(config, str(tmp_path))
   return config, checkpoint.list_checkpoints(str(tmp_path))[-1][1]
 
@@ -121,10 +121,10 @@ def test_checkpoint_missing_its_arrays_is_refused(tmp_path):
 
 def test_incompatible_checkpoint_is_refused(tmp_path):
   config, path = _trained(tmp_path)
-  config.hidden_sizes = (4,)
+  config.model.hidden_sizes = (4,)
   with pytest.raises(ValueError, match=f'{path} does not match this config'):
     train.run(config, str(tmp_path))
-  config.hidden_sizes = (8, 16)
+  config.model.hidden_sizes = (8, 16)
   with pytest.raises(ValueError, match=r'shape \(8, 8\) where \(8, 16\) is expected'):
     train.run(config, str(tmp_path))
 

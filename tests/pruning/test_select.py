@@ -1,4 +1,4 @@
-"""Tests for metaprune_jax.masks.select."""
+"""Tests for metaprune_jax.pruning.select."""
 
 import math
 
@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaprune_jax.masks import criteria
-from metaprune_jax.masks import schedules
-from metaprune_jax.masks import select
-from metaprune_jax.nets.masked import apply_masks
+from metaprune_jax.masks import sparsity
+from metaprune_jax.masks.masking import apply_masks
+from metaprune_jax.pruning import criteria
+from metaprune_jax.pruning import schedules
+from metaprune_jax.pruning import select
 from tests import test_utils
 
 
@@ -102,7 +103,7 @@ def test_topk_erk_realises_erk_layer_sparsities():
   for name in ('Conv_0', 'Dense_0', 'Dense_1'):
     m = masks[name]['kernel']
     assert _zeros(m) == math.floor((1 - dens[name]['kernel']) * m.size + 0.5)
-  assert abs(float(select.mask_sparsity(masks)) - 0.7) < 0.02
+  assert abs(float(sparsity.mask_sparsity(masks)) - 0.7) < 0.02
   with pytest.raises(ValueError, match='layerwise'):
     select.topk_masks(scores, 0.7, scope='global', distribution='erk')
 
@@ -160,41 +161,6 @@ def test_unit_masks_without_bias_and_global_scope():
     select.unit_masks(params, bad, 0.5)
 
 
-def test_nm_pattern_holds_in_every_group():
-  params = _params()
-  scores = criteria.magnitude_scores(params)
-  scores['Dense_1']['kernel'] = None  # 6 inputs: not a multiple of 4
-  scores['Conv_0']['kernel'] = None  # 2 inputs: not a multiple of 4
-  masks = select.nm_masks(scores, 2, 4)
-  assert masks['Dense_1']['kernel'] is None
-  m = np.asarray(masks['Dense_0']['kernel'])
-  assert m.shape == (8, 6)
-  groups = m.reshape(2, 4, 6)  # [in/4, 4, out]: groups along the input axis
-  assert np.all(groups.sum(axis=1) == 2)
-  w = np.abs(np.asarray(params['Dense_0']['kernel'])).reshape(2, 4, 6)
-  kept_min = np.where(groups == 1, w, np.inf).min(axis=1)
-  dropped_max = np.where(groups == 0, w, -np.inf).max(axis=1)
-  assert np.all(kept_min > dropped_max)
-  test_utils.assert_close(select.mask_sparsity(masks), 0.5)
-  # Conv kernel [h, w, in, out]: 1:2 groups along the output axis.
-  conv = select.nm_masks({'k': params['Conv_0']['kernel']}, 1, 2, axis=-1)['k']
-  assert conv.shape == (3, 3, 2, 4)
-  assert np.all(np.asarray(conv).reshape(3, 3, 2, 2, 2).sum(axis=-1) == 1)
-
-
-def test_nm_errors_on_bad_axis_length_and_bad_n_m():
-  scores = {'Dense_1': {'kernel': jnp.ones((6, 3))}}
-  with pytest.raises(ValueError, match='multiple of m=4'):
-    select.nm_masks(scores, 2, 4)
-  with pytest.raises(ValueError, match='n and m'):
-    select.nm_masks({'k': jnp.ones((4, 4))}, 5, 4)
-
-
-def test_nm_ties_keep_lower_index():
-  mask = select.nm_masks({'k': jnp.ones((4, 1))}, 2, 4)['k']
-  test_utils.assert_equal(mask[:, 0], [1, 1, 0, 0])
-
-
 def test_jit_and_no_jit_give_equal_masks():
   params = _params()
   scores = criteria.magnitude_scores(params)
@@ -207,12 +173,9 @@ def test_jit_and_no_jit_give_equal_masks():
   units = jax.jit(select.unit_masks, static_argnames=('sparsity', 'scope', 'mask_bias'))
   test_utils.assert_trees_all_equal(units(params, unit_scores, sparsity=0.5),
                                     select.unit_masks(params, unit_scores, 0.5))
-  nm = jax.jit(select.nm_masks, static_argnames=('n', 'm', 'axis'))
-  s = {'k': scores['Dense_0']['kernel']}
-  test_utils.assert_trees_all_equal(nm(s, n=2, m=4), select.nm_masks(s, 2, 4))
-  count = jax.jit(select.nonzero_count)
+  count = jax.jit(sparsity.nonzero_count)
   masks = select.topk_masks(scores, 0.6)
-  test_utils.assert_equal(count(params, masks), select.nonzero_count(params, masks))
+  test_utils.assert_equal(count(params, masks), sparsity.nonzero_count(params, masks))
 
 
 def test_traced_sparsity_from_schedule_matches_static_without_recompiling():
@@ -229,14 +192,3 @@ def test_traced_sparsity_from_schedule_matches_static_without_recompiling():
     expected = select.topk_masks(scores, float(schedule(step)), scope='layerwise')
     test_utils.assert_trees_all_equal(masks_at(scores, step), expected)
   assert counter.count == 1
-
-
-def test_mask_sparsity_and_nonzero_count():
-  params = {'a': {'kernel': jnp.array([[1.0, 2.0], [0.0, 4.0]]), 'bias': jnp.ones(2)}}
-  masks = {'a': {'kernel': jnp.array([[0.0, 1.0], [1.0, 1.0]]), 'bias': None}}
-  test_utils.assert_close(select.mask_sparsity(masks), 0.25)
-  # kernel: 1 masked + 1 already zero -> 2 nonzero; bias dense: 2 nonzero.
-  assert int(select.nonzero_count(params, masks)) == 4
-  assert int(select.nonzero_count(params, None)) == 5
-  test_utils.assert_close(select.mask_sparsity({'a': None}), 0.0)
-

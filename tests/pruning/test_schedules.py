@@ -1,25 +1,17 @@
-"""Tests for metaprune_jax.masks.schedules."""
+"""Tests for metaprune_jax.pruning.schedules."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaprune_jax.masks import schedules
+from metaprune_jax.pruning import schedules
 from tests import test_utils
 
 
 def _assert_monotone(values):
   values = np.asarray(values)
   assert np.all(np.diff(values) >= 0), values
-
-
-def test_one_shot_is_zero_before_and_target_from_prune_step():
-  schedule = schedules.one_shot_schedule(0.9, prune_step=5)
-  values = schedule(jnp.arange(10))
-  test_utils.assert_equal(values, [0.0] * 5 + [np.float32(0.9)] * 5)
-  assert values.dtype == jnp.float32
-  test_utils.assert_equal(schedule(100), np.float32(0.9))
 
 
 def test_polynomial_hits_target_and_is_monotone():
@@ -67,8 +59,7 @@ def test_iterative_linear_has_equal_increments():
 
 
 def test_schedules_are_jit_friendly():
-  for schedule in (schedules.one_shot_schedule(0.5, 3),
-                   schedules.polynomial_schedule(0.5, 2, 9, update_every_steps=2),
+  for schedule in (schedules.polynomial_schedule(0.5, 2, 9, update_every_steps=2),
                    schedules.iterative_schedule(0.5, 3, 2)):
     jitted = jax.jit(schedule)
     for step in (0, 4, 20):
@@ -76,8 +67,7 @@ def test_schedules_are_jit_friendly():
 
 
 @pytest.mark.parametrize('factory, kwargs, name', [
-    (schedules.one_shot_schedule, {'target_sparsity': 1.0}, 'target_sparsity'),
-    (schedules.one_shot_schedule, {'target_sparsity': 0.5, 'prune_step': -1}, 'prune_step'),
+    (schedules.polynomial_schedule, {'target_sparsity': 1.0, 'begin_step': 0, 'end_step': 5}, 'target_sparsity'),
     (schedules.polynomial_schedule,
      {'target_sparsity': 0.5, 'begin_step': 5, 'end_step': 5}, 'end_step'),
     (schedules.polynomial_schedule,

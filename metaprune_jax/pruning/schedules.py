@@ -34,25 +34,6 @@ def _check_int(value, name: str, minimum: int) -> int:
   return value
 
 
-def one_shot_schedule(target_sparsity: float, prune_step: int = 0) -> Schedule:
-  """Prune once: 0 before ``prune_step``, ``target_sparsity`` from it on.
-
-  Args:
-    target_sparsity: sparsity in ``[0, 1)``.
-    prune_step: first step at which the target applies (``>= 0``).
-
-  Returns:
-    ``schedule(step) -> float32 sparsity`` with the shape of ``step``.
-  """
-  target = _check_target(target_sparsity)
-  prune_step = _check_int(prune_step, 'prune_step', 0)
-
-  def schedule(step):
-    step = jnp.asarray(step)
-    return jnp.where(step >= prune_step, jnp.float32(target), jnp.float32(0.0))
-  return schedule
-
-
 def polynomial_schedule(target_sparsity: float, begin_step: int, end_step: int, *,
                         initial_sparsity: float = 0.0, power: int = 3,
                         update_every_steps: int = 1) -> Schedule:

@@ -31,6 +31,25 @@ def apply_masks(params: types.Params, masks: types.Masks | None) -> types.Params
   return jax.tree.map(lambda p, m: p if m is None else p * m, params, masks)
 
 
+def combine_masks(fixed_masks: types.Masks | None, gate_masks: types.Masks | None) -> types.Masks | None:
+  """The leafwise product of two mask trees.
+
+  Args:
+    fixed_masks: mask tree mirroring the params, or None (no masks).
+    gate_masks: mask tree of the same structure, or None.
+
+  Returns:
+    The other tree when one is None (None when both are); otherwise a tree whose
+    leaf is ``f * g`` where both leaves are arrays (broadcast: ``[out]`` times
+    ``[in, out]`` gives ``[in, out]``) and the non-None one where a leaf is None
+    in one tree (``None`` leaves mean unmasked).
+  """
+  if fixed_masks is None or gate_masks is None:
+    return gate_masks if fixed_masks is None else fixed_masks
+  return jax.tree.map(lambda f, g: g if f is None else (f if g is None else f * g), fixed_masks, gate_masks,
+                      is_leaf=_is_none)
+
+
 def map_gated(fn, params: types.Params, gates: types.Masks, *rest):
   """Maps ``fn(param, gate, *rest_leaves)`` over gated leaves, ``None`` elsewhere.
 

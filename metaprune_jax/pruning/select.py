@@ -1,9 +1,10 @@
-"""Scores -> masks: top-k (global / layer-wise, uniform / ERK), structured, N:M.
+"""Scores -> masks: top-k (global / layer-wise, uniform / ERK) and structured (whole units).
 
-Inputs are score trees from ``metaprune_jax.masks.criteria`` (mirroring
+Inputs are score trees from ``metaprune_jax.pruning.criteria`` (mirroring
 ``params``, ``None`` at leaves that stay dense). Outputs are mask trees that
 mirror ``params``: ``None`` for dense leaves and float32 0/1 arrays of the
-leaf's full shape otherwise, ready for ``metaprune_jax.nets.masked.apply_masks``.
+leaf's full shape otherwise, ready for ``metaprune_jax.masks.masking.apply_masks``
+(``metaprune_jax.masks.sparsity.mask_sparsity`` and ``nonzero_count`` count them).
 
 Exactness and rounding. Over a pool of ``n`` scored entries, exactly
 ``num_pruned = floor(sparsity * n + 0.5)`` (round half up) entries get mask 0.
@@ -27,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from metaprune_jax import types
-from metaprune_jax.nets.masked import apply_masks
 
 ScoreTree = Any
 
@@ -231,7 +231,7 @@ def unit_masks(params: types.Params, unit_scores: ScoreTree, sparsity, *,
     params: parameter pytree (gives the kernel shapes and bias siblings).
     unit_scores: tree mirroring ``params`` with ``[out]`` scores at pruned
       kernels (``out`` = last axis of the kernel) and ``None`` elsewhere, e.g.
-      from ``criteria.unit_norm_scores`` or ``criteria.activation_unit_scores``.
+      from ``criteria.unit_norm_scores``.
     sparsity: fraction of units to remove, in ``[0, 1)``; exactly
       ``floor(sparsity * units + 0.5)`` per layer ('layerwise') or over all
       units of all pruned layers ('global'; compares raw scores across layers,
@@ -277,75 +277,3 @@ def unit_masks(params: types.Params, unit_scores: ScoreTree, sparsity, *,
     if j is not None and jnp.shape(path_leaves[j][1]) == m.shape:
       out[j] = m
   return jax.tree.unflatten(treedef, out)
-
-
-def nm_masks(scores: ScoreTree, n: int, m: int, *, axis: int = -2) -> types.Masks:
-  """N:M semi-structured masks: keep the ``n`` largest scores in every group of ``m``.
-
-  Groups are ``m`` consecutive entries along ``axis``; the default ``-2`` is the
-  input axis of both Dense ``[in, out]`` and conv ``[h, w, in, out]`` kernels
-  (the layout of 2:4 sparse tensor cores, which group along the reduction
-  axis). Ties keep the lower index. Sparsity is exactly ``1 - n / m``.
-
-  Args:
-    scores: score tree (``None`` where not pruned).
-    n: entries kept per group, ``1 <= n <= m``.
-    m: group size.
-    axis: axis along which groups are formed.
-
-  Returns:
-    Mask tree mirroring ``scores`` with float32 0/1 arrays of each leaf's shape.
-
-  Raises:
-    ValueError: bad ``n``/``m``, or a leaf whose ``axis`` length is not a
-      multiple of ``m`` (named by its path).
-  """
-  if not (isinstance(n, int) and isinstance(m, int) and 1 <= n <= m):
-    raise ValueError(f'n and m must be ints with 1 <= n <= m (e.g. n=2, m=4), '
-                     f'got n={n!r}, m={m!r}.')
-
-  def fn(path, s):
-    if s is None:
-      return None
-    if s.ndim < 1 or not -s.ndim <= axis < s.ndim:
-      raise ValueError(f'axis={axis} is out of range for the scores at '
-                       f'{jax.tree_util.keystr(path)} with shape {s.shape}.')
-    length = s.shape[axis]
-    if length % m:
-      raise ValueError(
-          f'N:M groups need the axis length to be a multiple of m: scores at '
-          f'{jax.tree_util.keystr(path)} have shape {s.shape}, axis {axis} has '
-          f'length {length}, not a multiple of m={m}; leave that leaf dense '
-          '(None) or pick another axis.')
-    x = jnp.moveaxis(s.astype(jnp.float32), axis, -1)
-    groups = jnp.reshape(x, x.shape[:-1] + (length // m, m))
-    order = jnp.argsort(-groups, axis=-1, stable=True)
-    ranks = jnp.argsort(order, axis=-1, stable=True)
-    keep = (ranks < n).astype(jnp.float32)
-    return jnp.moveaxis(jnp.reshape(keep, x.shape), -1, axis)
-  return jax.tree_util.tree_map_with_path(fn, scores, is_leaf=_is_none)
-
-
-def mask_sparsity(masks: types.Masks) -> jax.Array:
-  """Realised fraction of zeros over all entries of the non-``None`` mask leaves.
-
-  Counts mask entries (a structured ``[out]`` mask counts ``out`` entries).
-  Returns a float32 scalar (0.0 when every leaf is ``None``).
-  """
-  leaves = [x for x in jax.tree.leaves(masks) if x is not None]
-  if not leaves:
-    return jnp.zeros((), jnp.float32)
-  total = sum(x.size for x in leaves)
-  zeros = sum(jnp.sum(x == 0) for x in leaves)
-  return (zeros / total).astype(jnp.float32)
-
-
-def nonzero_count(params: types.Params, masks: types.Masks | None) -> jax.Array:
-  """Number of nonzero scalars in ``apply_masks(params, masks)`` over all leaves.
-
-  Dense (unmasked) leaves count too; weights that are already exactly zero
-  count as zeros. Returns an int32 scalar.
-  """
-  masked = apply_masks(params, masks)
-  return sum((jnp.count_nonzero(x).astype(jnp.int32) for x in jax.tree.leaves(masked)),
-             jnp.zeros((), jnp.int32))

@@ -2,7 +2,7 @@
 
 Every function returns a *score tree* that mirrors ``params``: ``None`` where a
 leaf is not prunable, an array where it is. A higher score means "more
-important, keep it"; ``metaprune_jax.masks.select`` turns score trees into masks.
+important, keep it"; ``metaprune_jax.pruning.select`` turns score trees into masks.
 
 Which leaves are prunable is given by an optional ``prunable`` tree mirroring
 ``params`` whose leaves are ``None`` (leave dense) or anything else (prune).
@@ -10,9 +10,9 @@ By default (``prunable=None``) it is ``default_prunable(params)``: only leaves
 named ``kernel`` with ``ndim >= 2`` (Dense ``[in, out]`` and conv
 ``[h, w, in, out]`` kernels), so biases, norms and embeddings stay dense.
 
-Unstructured scores (``magnitude_scores``, ``random_scores``, ``snip_scores``,
-``sensitivity_scores``) have the full shape of their leaf. Structured unit
-scores (``unit_norm_scores``, ``activation_unit_scores``) have shape ``[units]``,
+Unstructured scores (``magnitude_scores``, ``random_scores``, ``snip_scores``)
+have the full shape of their leaf. Structured unit scores
+(``unit_norm_scores``) have shape ``[units]``,
 one score per output unit (the last axis of a kernel: a neuron of a Dense layer,
 a filter of a conv layer).
 """
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from metaprune_jax import types
-from metaprune_jax.nets.masked import map_gated
+from metaprune_jax.masks.masking import map_gated
 
 ScoreTree = Any  # Mirrors Params; None where not prunable.
 
@@ -125,22 +125,6 @@ def snip_scores(params: types.Params, grads: types.Params,
                    _resolve(params, prunable), grads)
 
 
-taylor_scores = snip_scores
-
-
-def sensitivity_scores(grads: types.Params, prunable: Any | None = None) -> ScoreTree:
-  """Gradient sensitivity ``|g|``: how strongly the loss reacts to each weight.
-
-  Args:
-    grads: gradients with the structure of ``params`` (leaf names are the same,
-      so the default prunable tree is computed from ``grads``).
-    prunable: as in ``magnitude_scores``.
-
-  Returns:
-    Score tree: ``|g|`` with the leaf's shape at prunable leaves.
-  """
-  return map_gated(lambda g, _: jnp.abs(g), grads, _resolve(grads, prunable))
-
 
 def unit_norm_scores(params: types.Params, prunable: Any | None = None, *,
                      ord: int = 1) -> ScoreTree:  # pylint: disable=redefined-builtin
@@ -170,30 +154,3 @@ def unit_norm_scores(params: types.Params, prunable: Any | None = None, *,
       return jnp.sum(jnp.abs(flat), axis=0)
     return jnp.sqrt(jnp.sum(jnp.square(flat), axis=0))
   return map_gated(fn, params, _resolve(params, prunable))
-
-
-def activation_unit_scores(activations: Any) -> Any:
-  """Structured scores: mean absolute activation of each unit.
-
-  Units that are (nearly) always silent contribute little downstream (the
-  "average percentage of zeros" family, Hu et al. 2016).
-
-  Args:
-    activations: an array ``[..., units]`` (e.g. ``[tasks, batch, units]`` or
-      ``[batch, h, w, channels]``), or a pytree of such arrays (``None`` leaves
-      are kept), e.g. a tree mirroring ``params`` with each kernel's output
-      activations at its leaf.
-
-  Returns:
-    The same structure with float ``[units]`` arrays: ``mean(|a|)`` over every
-    axis but the last.
-  """
-  def fn(a):
-    if a is None:
-      return None
-    a = jnp.asarray(a)
-    if a.ndim < 1:
-      raise ValueError('activations must have a trailing units axis, got a '
-                       f'scalar of shape {a.shape}.')
-    return jnp.mean(jnp.abs(jnp.reshape(a, (-1, a.shape[-1]))), axis=0)
-  return jax.tree.map(fn, activations, is_leaf=_is_none)

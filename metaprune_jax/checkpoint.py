@@ -1,4 +1,4 @@
-"""Atomic checkpoints of a ``MetaState`` with orbax (``ocp.CheckpointManager``).
+"""Atomic checkpoints of a ``MetaState`` with orbax (``ocp.CheckpointManager``), and loading a trained run.
 
 Layout: ``workdir/checkpoints/<step>/{state,host}``. ``state`` holds every array
 of the ``MetaState`` (params, gate logits, optimiser state, multiplier, step and
@@ -12,13 +12,20 @@ the newest complete one; the partial directory is ignored and cleaned up.
 asked to fill and raises a ``ValueError`` naming the directory and the fix on a
 mismatch (another model / mask / optimiser config) or a corrupt checkpoint;
 never a silent restart.
+
+``load_run(workdir)`` reads a run folder (``config.json`` and the newest
+checkpoint) without rebuilding its problem: the config and the trained
+meta-parameters as plain arrays, for notebooks and exporters.
 """
 
+import json
 import logging
 import os
+from typing import NamedTuple
 
 import flax.serialization
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -136,3 +143,49 @@ def restore_latest(template: meta_step.MetaState, workdir: str) -> meta_step.Met
   """The newest checkpoint's state in ``workdir``, or None when there is none."""
   restored = restore_latest_with_host(template, workdir)
   return None if restored is None else restored[0]
+
+
+class TrainedRun(NamedTuple):
+  """A run folder's config and trained meta-parameters.
+
+  Attributes:
+    config: the run's resolved config (``workdir/config.json``).
+    meta_params: ``{'params', 'gate_logits' (None when dense), *groups}`` as numpy arrays.
+    step: the meta-step of the checkpoint read.
+    multiplier: the Lagrange multiplier at that step.
+  """
+  config: ml_collections.ConfigDict
+  meta_params: dict
+  step: int
+  multiplier: float
+
+
+def load_run(workdir: str, step: int | None = None) -> TrainedRun:
+  """The config and meta-parameters of the run in ``workdir`` (newest checkpoint, or ``step``).
+
+  Raises:
+    FileNotFoundError: ``workdir`` has no ``config.json`` or no checkpoint (the message names it).
+    ValueError: the checkpoint is corrupt or unreadable.
+  """
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f'{workdir!r} has no config.json: pass a folder written by python -m '
+                            'experiments.maml_prune --workdir=DIR.')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  found = dict(list_checkpoints(workdir))
+  if not found:
+    raise FileNotFoundError(f'{workdir!r} has no checkpoint under checkpoints/: train it first (rerunning the '
+                            'same command resumes).')
+  step = max(found) if step is None else int(step)
+  if step not in found:
+    raise FileNotFoundError(f'{workdir!r} has no checkpoint at step {step}; it has steps {sorted(found)}.')
+  with _manager(workdir) as manager:
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except Exception as e:  # Orbax raises several unrelated types on a damaged directory.
+      raise ValueError(f'Checkpoint {found[step]} is corrupt or unreadable ({type(e).__name__}: {e}).') from e
+  state = restored['state']
+  meta_params = dict(state['meta_params'])
+  meta_params.setdefault('gate_logits', None)  # A dense run stores no gate-logit arrays.
+  return TrainedRun(config, meta_params, int(np.asarray(state['step'])), float(np.asarray(state['multiplier'])))

@@ -1,0 +1,248 @@
+"""``build(config) -> Experiment``: the one place a config field is read and validated.
+
+Every entry point — ``train.run``, the pruning baselines, the frontier, mask
+analysis, evaluation of a saved run and the benchmarks — goes through
+``build``, so a field (``--config.algorithm`` included) means the same thing
+for every method. The sections map onto library types:
+
+    task, model, execution -> problems.Problem (samplers, net, losses)
+    inner                  -> settings.InnerSettings
+    execution              -> settings.Execution
+    algorithm              -> learner.Learner (learners.get_learner)
+    gates                  -> gate_source.GateSource, the initial gate logits
+    sparsity               -> l0_objective.L0Objective and the hardening step
+    outer                  -> the optax outer optimiser
+    eval                   -> evaluate(meta_params)
+    run                    -> the jitted step (steps per call, non-finite policy, devices)
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import optax
+
+from experiments import config_check
+from experiments import evaluation
+from experiments import problems
+from experiments import validation
+from metaprune_jax import checkpoint
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import l0_objective
+from metaprune_jax.masks import sparsity as sparsity_lib
+from metaprune_jax.meta import gate_source
+from metaprune_jax.meta import learners
+from metaprune_jax.meta import meta_pruner
+from metaprune_jax.meta import optimizer as optimizer_lib
+from metaprune_jax.meta import sharding
+from metaprune_jax.meta import step as step_lib
+from metaprune_jax.meta.learner import Learner
+from metaprune_jax.meta.settings import Execution
+from metaprune_jax.meta.settings import InnerSettings
+
+
+class Experiment(NamedTuple):
+  """What a config builds.
+
+  Attributes:
+    config: the validated config.
+    problem: samplers, net and losses of the task.
+    learner: the algorithm bound to the gate source (training execution).
+    eval_learner: the same for evaluation (inner loop as a ``lax.scan``).
+    gates: the gate source (``no_gates`` when ``gates.mask='none'``).
+    settings: inner-loop settings of meta-training.
+    eval_settings: inner-loop settings of evaluation (``eval.inner_lr``, ``max(eval.steps)`` steps).
+    execution: how steps run.
+    objective: the L0 objective.
+    optimizer: the outer optimiser.
+    harden_step: the meta-step at which gates are hardened (None: never).
+    mesh: the device mesh of the task batch (None: one device).
+    init_state: ``() -> MetaState`` (keyed off ``config.seed``).
+    make_step: ``(steps_per_call) -> jitted step``.
+    evaluate: ``(meta_params, fixed_masks=None) -> results`` on the held-out tasks.
+    sparsity_report: ``(meta_params) -> dict`` of sparsity counters.
+  """
+  config: ml_collections.ConfigDict
+  problem: problems.Problem
+  learner: Learner
+  eval_learner: Learner
+  gates: gate_source.GateSource
+  settings: InnerSettings
+  eval_settings: InnerSettings
+  execution: Execution
+  objective: l0_objective.L0Objective
+  optimizer: optax.GradientTransformation
+  harden_step: int | None
+  mesh: jax.sharding.Mesh | None
+  init_state: Callable
+  make_step: Callable
+  evaluate: Callable
+  sparsity_report: Callable
+
+
+def hard_concrete_constants(config) -> hard_concrete.HardConcrete:
+  return hard_concrete.HardConcrete(float(config.gates.hc_beta), float(config.gates.hc_gamma),
+                                    float(config.gates.hc_zeta))
+
+
+def inner_settings(config) -> InnerSettings:
+  return InnerSettings(inner_lr=float(config.inner.inner_lr), num_inner_steps=int(config.inner.num_inner_steps),
+                       first_order=bool(config.inner.first_order), adapt_gates=bool(config.inner.adapt_gates),
+                       inner_gate_lr=float(config.inner.inner_gate_lr), hc=hard_concrete_constants(config))
+
+
+def execution_settings(config) -> Execution:
+  section = config.execution
+  return Execution(python_loop=bool(section.python_loop), noise=str(section.gate_noise),
+                   task_chunk_size=int(section.task_chunk_size), gate_sample_scope=str(section.gate_sample_scope),
+                   conv_method=str(section.get('conv_method', 'auto')))
+
+
+def l0(config) -> l0_objective.L0Objective:
+  section = config.sparsity
+  return l0_objective.L0Objective(mode=section.sparsity_mode, penalty=float(section.sparsity_penalty),
+                                  target_sparsity=float(section.target_sparsity),
+                                  loss_budget=float(section.loss_budget), dual_lr=float(section.dual_lr),
+                                  warmup_steps=int(section.sparsity_warmup_steps),
+                                  quadratic=float(section.sparsity_quadratic))
+
+
+def harden_step(config) -> int | None:
+  """The meta-step at which gates are hardened to the target and frozen (None: never)."""
+  section = config.sparsity
+  if config.gates.mask == 'none' or section.sparsity_mode != 'target' or section.harden_at_fraction <= 0:
+    return None
+  return int(round(section.harden_at_fraction * int(config.outer.num_outer_steps)))
+
+
+def outer_lr(config):
+  """The weights' outer learning rate: constant, or cosine-decayed to ``outer_lr_final_scale * outer_lr``."""
+  section = config.outer
+  if section.outer_lr_schedule == 'constant':
+    return float(section.outer_lr)
+  return optax.cosine_decay_schedule(float(section.outer_lr), int(section.num_outer_steps),
+                                     alpha=float(section.outer_lr_final_scale))
+
+
+def outer_optimizer(config) -> optax.GradientTransformation:
+  """Adam with a learning rate per meta-parameter group (``meta.optimizer.outer_optimizer``)."""
+  gate_lr = float(config.gates.gate_lr)
+  return optimizer_lib.outer_optimizer(
+      {'params': outer_lr(config), 'gate_logits': gate_lr, 'meta_pruner': float(config.gates.meta_pruner_lr),
+       'inner_lrs': float(config.outer.inner_lrs_lr)},
+      grad_clip_norm=float(config.outer.grad_clip_norm) or None)
+
+
+def gates_for(config, problem: problems.Problem) -> gate_source.GateSource:
+  """The gate source ``gates.mask`` names."""
+  mask, hc = config.gates.mask, hard_concrete_constants(config)
+  target = float(config.sparsity.target_sparsity) if config.sparsity.sparsity_mode == 'target' else None
+  if mask == 'none':
+    return gate_source.no_gates()
+  if mask == 'hard_concrete':
+    return gate_source.shared_gates(hc, target_sparsity=target, expand_units=problem.expand_units)
+  return meta_pruner.meta_pruner_gates(meta_pruner.task_features_fn(problem.embed_fn), hc, target_sparsity=target,
+                                       expand_units=problem.expand_units)
+
+
+def learner_for(config, problem: problems.Problem, execution: Execution) -> Learner:
+  """The algorithm ``config.algorithm`` names, built for ``problem``."""
+  return learners.get_learner(config.algorithm, loss_fn=problem.loss_fn, accuracy_fn=problem.accuracy_fn,
+                              embed_fn=problem.embed_fn, head_keys=tuple(problem.head_keys), execution=execution)
+
+
+def initial_gate_logits(config, problem: problems.Problem, params):
+  """The gate-logit tree of ``gates.granularity`` (None for a dense model); refuses a tree with no gate."""
+  if config.gates.mask == 'none':
+    return None
+  spec = hard_concrete.default_granularity(config.gates.granularity, tuple(config.gates.dense_layers))
+  logits = hard_concrete.init_gate_logits(params, spec, init_logit=float(config.gates.init_logit))
+  if sparsity_lib.num_gated_weights(params, logits, expand_units=problem.expand_units) == 0:
+    if 'hidden_unit' in config.gates.granularity:
+      raise ValueError(f'--config.gates.granularity={config.gates.granularity!r} gates the hidden units of '
+                       f'recurrent nets only; --task={config.task.name} has none. Use weight, out_unit or in_unit.')
+    raise ValueError(f'--config.gates.dense_layers={tuple(config.gates.dense_layers)!r} leaves no layer gated.')
+  return logits
+
+
+def initial_state(config, problem: problems.Problem, learner: Learner, settings: InnerSettings,
+                  optimizer: optax.GradientTransformation) -> step_lib.MetaState:
+  """The initial ``MetaState``: weights, gate logits and the learner's and meta-pruner's groups."""
+  init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
+  params = problem.init_params(init_key)
+  gate_logits = initial_gate_logits(config, problem, params)
+  extra = learner.init_extra(params, settings)
+  if config.gates.mask == 'meta_pruner':
+    features_fn = meta_pruner.task_features_fn(problem.embed_fn)
+    feature_dim = jax.eval_shape(
+        lambda k: features_fn(params, jax.tree.map(lambda x: x[0], problem.train_sampler(k, 1))), init_key).shape[-1]
+    extra['meta_pruner'] = meta_pruner.init_meta_pruner(
+        jax.random.fold_in(init_key, 1), params, gate_logits, feature_dim=int(feature_dim),
+        hidden_sizes=tuple(config.gates.meta_pruner_hidden_sizes), embed_dim=int(config.gates.meta_pruner_embed_dim))
+  return step_lib.init_meta_state(train_key, params, gate_logits, optimizer, float(config.sparsity.init_multiplier),
+                                  extra=extra)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Checks every field's name, type and value (no data is read, nothing touches a device).
+
+  Raises:
+    ValueError: naming the first invalid field and the fix (``config_check.ConfigError`` for a field that
+      does not exist or has the wrong type).
+  """
+  config_check.check_config(config)
+  validation.validate(config)
+  validation.validate_objective(l0(config))
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Checks ``config`` (``check``) and builds its experiment (nothing is compiled or trained here)."""
+  check(config)
+  execution = execution_settings(config)
+  problem = problems.get_problem(config)
+  gates = gates_for(config, problem)
+  settings = inner_settings(config)
+  eval_settings = settings._replace(inner_lr=float(config.eval.inner_lr),
+                                    num_inner_steps=max(int(k) for k in config.eval.steps))
+  learner = gates.bind(learner_for(config, problem, execution), False)
+  eval_learner = gates.bind(learner_for(config, problem, execution._replace(python_loop=False)), False)
+  optimizer, objective, hardening = outer_optimizer(config), l0(config), harden_step(config)
+  mesh = sharding.make_mesh(int(config.run.num_devices))
+  base_learner = learner_for(config, problem, execution)
+
+  def make_step(steps_per_call: int = 1, *, donate: bool = True):
+    step = step_lib.make_meta_step(problem.train_sampler, base_learner, optimizer,
+                                   meta_batch_size=int(config.outer.meta_batch_size), settings=settings, gates=gates,
+                                   objective=objective, harden_step=hardening, mesh=mesh)
+    return step_lib.compile_step(step, steps_per_call=steps_per_call, nonfinite=config.run.nonfinite, mesh=mesh,
+                                 donate=donate)
+
+  def evaluate(meta_params, fixed_masks=None) -> dict:
+    return evaluation.evaluate(config, problem, eval_learner, eval_settings, meta_params, fixed_masks=fixed_masks)
+
+  def sparsity_report(meta_params) -> dict:
+    return evaluation.sparsity_report(meta_params, settings.hc, expand_units=problem.expand_units)
+
+  return Experiment(config, problem, learner, eval_learner, gates, settings, eval_settings, execution, objective,
+                    optimizer, hardening, mesh, lambda: initial_state(config, problem, base_learner, settings, optimizer),
+                    make_step, evaluate, sparsity_report)
+
+
+def load(workdir: str, *, data_dir: str | None = None) -> tuple[Experiment, step_lib.MetaState]:
+  """The experiment of the run in ``workdir`` (its ``config.json``) and its newest checkpoint's state.
+
+  Args:
+    workdir: a folder written by ``python -m experiments.maml_prune``.
+    data_dir: replaces ``task.data_dir`` (the data is read only to rebuild the problem).
+
+  Raises:
+    FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
+  """
+  run = checkpoint.load_run(workdir)
+  config = run.config
+  if data_dir:
+    config.task.data_dir = data_dir
+  exp = build(config)
+  state = checkpoint.restore_latest(exp.init_state(), workdir)
+  return exp, state

@@ -1,0 +1,1 @@
+"""metaprune_jax.pruning: classic pruning (criteria -> scores, select -> masks, schedules, baselines)."""
