@@ -48,12 +48,10 @@ MODELS = {'paper_2x40_batch24': {'model.hidden_sizes': (40, 40), 'outer.meta_bat
 
 def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import problems  # pylint: disable=g-import-not-at-top
+  from experiments import build  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
   from experiments.configs import smoke  # pylint: disable=g-import-not-at-top
   from metaprune_jax.meta import sharding  # pylint: disable=g-import-not-at-top
-  from metaprune_jax.meta import gate_source  # pylint: disable=g-import-not-at-top
-  from metaprune_jax.meta import step as meta_step  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(mesh_devices)
   out = {'device_count': jax.device_count(), 'mesh_devices': mesh_devices, 'models': {}}
@@ -62,16 +60,10 @@ def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1)
     for path, value in overrides.items():
       section, field = path.split('.')
       config[section][field] = value
-    problem = problems.get_problem(config)
-    state, optimizer = train.init_state(config, problem)
-    state = sharding.replicate(state, mesh)
-    gates = (gate_source.no_gates() if state.meta_params['gate_logits'] is None
-             else gate_source.shared_gates(train._hc(config)))  # pylint: disable=protected-access
-    step_fn = meta_step.make_meta_step(problem.train_sampler, train.learner_for(config, problem), optimizer,
-                                       meta_batch_size=config.outer.meta_batch_size, settings=train.inner_settings(config),
-                                       gates=gates, objective=train._objective(config),  # pylint: disable=protected-access
-                                       mesh=mesh)
-    step_fn = meta_step.compile_step(step_fn, steps_per_call=steps_per_call, mesh=mesh)
+    config.run.num_devices = mesh_devices  # build's mesh: sharding.make_mesh(mesh_devices).
+    exp = build.build(config)
+    state = sharding.replicate(exp.init_state(), exp.mesh)
+    step_fn = exp.make_step(steps_per_call)
     t0 = time.perf_counter()
     state, metrics = step_fn(state)
     jax.block_until_ready(metrics)

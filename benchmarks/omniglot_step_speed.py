@@ -25,11 +25,9 @@ from absl import app
 from absl import flags
 import jax
 
+from experiments import build
 from experiments import problems
-from experiments import train
 from experiments.configs import omniglot as omniglot_config
-from metaprune_jax.meta import gate_source
-from metaprune_jax.meta import step as meta_step
 
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed meta-steps (median reported).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
@@ -55,20 +53,14 @@ def bench_config(variant: str):
   config.execution.task_chunk_size = _CHUNK.value
   config.execution.conv_method = _METHOD.value
   config.gates.mask = 'none' if variant == 'dense' else 'hard_concrete'
-  config.eval.ways = (5,)
+  config.eval.ways = (_WAYS.value,)
   return config
 
 
 def bench(variant: str) -> dict:
   config = bench_config(variant)
-  problem = problems.get_problem(config)
-  state, optimizer = train.init_state(config, problem)
-  gates = (gate_source.no_gates() if state.meta_params['gate_logits'] is None
-           else gate_source.shared_gates(train._hc(config)))  # pylint: disable=protected-access
-  step = meta_step.make_meta_step(problem.train_sampler, train.learner_for(config, problem), optimizer,
-                                  meta_batch_size=int(config.outer.meta_batch_size), settings=train.inner_settings(config),
-                                  gates=gates, objective=train._objective(config))  # pylint: disable=protected-access
-  step = meta_step.compile_step(step)
+  exp = build.build(config)
+  state, step = exp.init_state(), exp.make_step(1)
   start = time.perf_counter()
   compiled = step.lower(state).compile()
   compile_s = time.perf_counter() - start
@@ -77,7 +69,7 @@ def bench(variant: str) -> dict:
   flop = float(cost.get('flops', float('nan')))
   for _ in range(_WARMUP.value):
     state, metrics = compiled(state)
-  jax.block_until_ready(metrics)
+  jax.block_until_ready(state)
   times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Meta-steps per second of the ``sequence`` and ``strokes`` meta-steps, dense and gated; prints JSON.
 
 Each variant is the launcher's own step (``experiments/configs/{sequence,strokes}.py``
-through ``train.init_state`` and ``step.make_meta_step``: tasks sampled inside the
+through ``build.build`` and ``Experiment.make_step``: tasks sampled inside the
 jitted step, inner loop and gates as configured), with ``SECTION.FIELD=VALUE``
 overrides from ``--sequence_overrides`` / ``--strokes_overrides`` (e.g. ``model.hidden_size=64``). Variants:
 dense (``gates.mask=none``) and gated (the config's gates: per-weight for
@@ -22,13 +22,9 @@ from absl import app
 from absl import flags
 
 from benchmarks import meta_step_speed
-from experiments import problems
-from experiments import train
+from experiments import build
 from experiments.configs import sequence as sequence_config
 from experiments.configs import strokes as strokes_config
-from metaprune_jax.meta import gate_source
-from metaprune_jax.meta import step as meta_step
-from metaprune_jax.nets import rnn
 
 _TASKS = flags.DEFINE_list('tasks', ['sequence', 'strokes'], 'Task families to time.')
 _STEPS = flags.DEFINE_integer('sequence_steps', 50, 'Meta-steps per timing for sequence.')
@@ -49,23 +45,14 @@ def _config(task: str, mask: str, overrides):
     current = config[section][field]
     config[section][field] = value if isinstance(current, str) else type(current)(
         json.loads(value.lower() if value in ('True', 'False') else value))
-  train.validate_config(config)
+  build.check(config)
   return config
 
 
 def _variant(config):
-  problem = problems.get_problem(config)
-  state, optimizer = train.init_state(config, problem)
-  gates = (gate_source.no_gates() if state.meta_params['gate_logits'] is None
-           else gate_source.shared_gates(train._hc(config),  # pylint: disable=protected-access
-                                         target_sparsity=float(config.sparsity.target_sparsity),
-                                         expand_units=rnn.unit_keep_factors))
-  step = meta_step.make_meta_step(problem.train_sampler, train.learner_for(config, problem), optimizer,
-                                  meta_batch_size=int(config.outer.meta_batch_size),
-                                  settings=train.inner_settings(config), gates=gates,
-                                  objective=train._objective(config),  # pylint: disable=protected-access
-                                  harden_step=train.harden_step(config))
-  return meta_step.compile_step(step), state
+  """The launcher's jitted meta-step (gates with the net's hidden-unit coupling, hardening) and its state."""
+  exp = build.build(config)
+  return exp.make_step(1), exp.init_state()
 
 
 def _settings(config) -> dict:

@@ -3,7 +3,7 @@
 Meta-trains (or resumes, from ``--workdir``) the dense and the gated model of
 ``experiments/configs/sequence.py`` (gated: per-weight hard-concrete gates,
 target 0.9, hardened to exactly 90% at 80% of the run), then, on the same
-``--num_tasks`` held-out tasks (``train.held_out_tasks``: keyed off the seed,
+``--num_tasks`` held-out tasks (``evaluation.held_out_tasks``: keyed off the seed,
 never the training stream), reports the query MSE of:
 
 * ``meta``: the meta-learned init after ``--num_inner_steps`` SGD steps on the
@@ -38,13 +38,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from experiments import problems
+from experiments import build
+from experiments import evaluation
 from experiments import train
 from experiments.configs import sequence as sequence_config
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import masking
 from metaprune_jax.meta import evaluate
-from metaprune_jax.meta import maml
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/sequence_bar', 'Holds the two meta-training runs (resumed).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seeds training and the held-out tasks.')
@@ -110,21 +110,23 @@ def _summary(values, before, config):
                             divergence_ratio=float(config.eval.divergence_ratio))
 
 
-def _compare(name: str, config, problem) -> dict:
+def _compare(name: str, config) -> dict:
   workdir = os.path.join(_WORKDIR.value, name)
   os.makedirs(workdir, exist_ok=True)
+  exp = build.build(config)
+  problem = exp.problem
   t0 = time.perf_counter()
-  state, timings = train.train(config, workdir, problem)
+  state, timings = train.train(exp, workdir)
   train_seconds = time.perf_counter() - t0
   meta_params = state.meta_params
-  hc = train._hc(config)  # pylint: disable=protected-access
+  hc = exp.settings.hc
   gate_logits = meta_params.get('gate_logits')
   masks = None if gate_logits is None else hard_concrete.deterministic_gates(gate_logits, hc)
-  tasks = train.held_out_tasks(config, problem, _SHOTS.value)
+  tasks = evaluation.held_out_tasks(config, problem, _SHOTS.value)
   t0 = time.perf_counter()
   steps = _NUM_INNER_STEPS.value
-  settings = train.inner_settings(config, num_inner_steps=steps, inner_lr=float(config.eval.inner_lr))
-  traces = evaluate.learner_traces(maml.maml(problem.loss_fn), meta_params, tasks, settings=settings,
+  settings = exp.settings._replace(num_inner_steps=steps, inner_lr=float(config.eval.inner_lr))
+  traces = evaluate.learner_traces(exp.eval_learner, meta_params, tasks, settings=settings,
                                    gate_mode='off' if masks is None else 'deterministic')['loss']
   before = traces[:, 0]  # The meta init's loss before adapting: the divergence reference for every method.
   results = {'meta': _summary(traces[:, steps], before, config)}
@@ -141,7 +143,7 @@ def _compare(name: str, config, problem) -> dict:
                              'all_lrs': {lr: adam[lr]['mean'] for lr in adam}}
   meta = results['meta']
   best = min((results['scratch_sgd'], results['scratch_adam']), key=lambda r: r['mean'])
-  report = train.sparsity_report(meta_params, hc)
+  report = exp.sparsity_report(meta_params)
   return {
       'realised_sparsity': report['realised_sparsity'],
       'nonzero_params': report['nonzero_params'], 'total_params': report['total_params'],
@@ -168,8 +170,8 @@ def main(argv):
     if name not in _MODELS.value:
       continue
     config = _config(mask)
-    train.validate_config(config)
-    out[name] = _compare(name, config, problems.get_problem(config))
+    build.check(config)
+    out[name] = _compare(name, config)
     logging.info('%s: %s', name, json.dumps(out[name]))
   out['wall_seconds'] = time.perf_counter() - start
   print(json.dumps(out, indent=2))

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from metaprune_jax import checkpoint
-from experiments import problems
+from experiments import build
 from experiments import train
 from experiments.configs import smoke
 from tests import test_utils
@@ -131,12 +131,48 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
 
 def test_restore_round_trips_every_leaf_and_the_typed_key(tmp_path):
   config = smoke.get_config()
-  state, _ = train.init_state(config, problems.get_problem(config))
+  state = build.build(config).init_state()
   checkpoint.save(state, str(tmp_path), host={'skipped_steps': 2})
   restored, host = checkpoint.restore_latest_with_host(state, str(tmp_path))
   test_utils.assert_trees_all_equal(restored._replace(key=None), state._replace(key=None))
   test_utils.assert_equal(jax.random.key_data(restored.key), jax.random.key_data(state.key))
   assert host == {'skipped_steps': 2}
+
+
+def test_load_run_reads_the_config_and_meta_params_of_a_finished_run(tmp_path):
+  config, path = _trained(tmp_path)
+  run = checkpoint.load_run(str(tmp_path))
+  assert run.step == 10 == run.config.outer.num_outer_steps
+  assert run.config.task.name == 'sinusoid' and tuple(run.config.model.hidden_sizes) == (8, 8)
+  build.check(run.config)  # config.json is a valid config (lists for tuples pass).
+  exp = build.build(config)
+  restored = checkpoint.restore_latest(exp.init_state(), str(tmp_path))
+  test_utils.assert_trees_all_equal(run.meta_params, restored.meta_params)
+  assert run.meta_params['gate_logits'] is not None
+  test_utils.assert_close(run.multiplier, float(restored.multiplier))
+  with pytest.raises(FileNotFoundError, match=r'no checkpoint at step 7; it has steps \[10\]'):
+    checkpoint.load_run(str(tmp_path), step=7)
+  del path
+
+
+def test_load_run_of_a_dense_run_has_no_gate_logits(tmp_path):
+  config = smoke.get_config()
+  config.outer.num_outer_steps = 5
+  config.gates.mask = 'none'
+  train.run(config, str(tmp_path))
+  run = checkpoint.load_run(str(tmp_path))
+  assert run.meta_params['gate_logits'] is None and run.step == 5
+  assert run.config.gates.mask == 'none'
+  assert set(run.meta_params['params']) == {'Dense_0', 'Dense_1', 'Dense_2'}
+
+
+def test_load_run_of_a_missing_or_untrained_folder_names_it(tmp_path):
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match=f"'{missing}' has no config.json"):
+    checkpoint.load_run(missing)
+  (tmp_path / 'config.json').write_text(smoke.get_config().to_json_best_effort())
+  with pytest.raises(FileNotFoundError, match=f"'{tmp_path}' has no checkpoint"):
+    checkpoint.load_run(str(tmp_path))
 
 
 def test_quiet_orbax_logs_drops_only_orbax_info_records():

@@ -1,9 +1,9 @@
 """Uniform noise for gate sampling, keyed by ``jax.random`` keys.
 
 Sampling hard-concrete gates needs one uniform number per gate, per task, per
-meta-step: 42,000 numbers a step for a 2x40 MLP and 25 tasks. ``jax.random``'s
-threefry costs about 6 ns a number on a 2-core CPU, which alone made the gated
-meta-step ~1.5x slower than the dense one. ``method='hash'`` draws two 32-bit
+meta-step: 42,000 numbers a step for a 2x40 MLP and 25 tasks, where
+``jax.random``'s threefry is a large share of the gated step's time
+(``docs/notes/sinusoid_speed.md``). ``method='hash'`` draws two 32-bit
 words from the key with threefry and turns every gate index into a uniform with a
 keyed integer hash (two rounds of the ``lowbias32`` mixer, ~10 integer ops a
 number): statistically uniform and independent across keys for this purpose (see

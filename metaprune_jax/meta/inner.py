@@ -43,8 +43,7 @@ def adapt(inner_loss: Callable[[Fast], jax.Array], fast: Fast, *, inner_lr, num_
       every step (e.g. the query loss), giving ``[num_inner_steps + 1, ...]``.
     unroll: passed to ``lax.scan``.
     python_loop: unroll the steps in Python (straight-line code) instead of a
-      ``lax.scan``. On XLA:CPU a scan, even of one step, made the second-order
-      sinusoid meta-step 1.27x slower (``benchmarks/scan_overhead.py``); compile
+      ``lax.scan`` (``benchmarks/scan_overhead.py`` compares the two); compile
       time grows with the step count, so use it for short horizons.
 
   Returns:

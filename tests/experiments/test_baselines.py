@@ -45,11 +45,13 @@ def test_pruned_weights_stay_exactly_zero_and_the_rest_trains(method):
   exp = baselines.dense_experiment(config)
   state = baselines.run_baseline(method, exp, on_mask_update=lambda step, masks: updates.append(step))
   assert int(state.step) == config.outer.num_outer_steps  # Equal budget.
-  expected_updates = {'magnitude_finetune': [6], 'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9]}
-  assert updates == expected_updates[method]  # magnitude_finetune: after half the budget (dense phase).
-  num_kernel = 8 + 64 + 8
-  test_utils.assert_equal(float(sparsity.mask_sparsity(state.masks)),
-                          np.float32(np.floor(0.7 * num_kernel + 0.5) / num_kernel))
+  expected_updates = {'magnitude_finetune': [6], 'filter_finetune': [6], 'iterative_magnitude': [6, 8, 10],
+                      'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9]}
+  assert updates == expected_updates[method]  # *_finetune: after half the budget (dense phase).
+  if method != 'filter_finetune':  # Unstructured: exactly the target over all kernels.
+    num_kernel = 8 + 64 + 8
+    test_utils.assert_equal(float(sparsity.mask_sparsity(state.masks)),
+                            np.float32(np.floor(0.7 * num_kernel + 0.5) / num_kernel))
   init_state = exp.init_state()
   for name, kernel in _kernels(state.meta_params['params']).items():
     mask = np.asarray(state.masks[name]['kernel'])
@@ -154,7 +156,7 @@ def test_baselines_meta_train_with_the_configured_algorithm(algorithm):
 
 
 def test_bad_names_and_fields_are_reported():
-  with pytest.raises(ValueError, match='magnitude_finetune, snip, gradual_magnitude, random'):
+  with pytest.raises(ValueError, match='valid baselines: ' + ', '.join(baselines.BASELINES)):
     baselines.run_baseline('obd', baselines.dense_experiment(_config()))
   with pytest.raises(ValueError, match='--config.pruning.prune_scope'):
     baselines.run_baseline('random', baselines.dense_experiment(_config(prune_scope='per_row')))

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import build
 from experiments import problems
 from experiments import train
 from experiments.configs import sequence as sequence_config
 from experiments.configs import strokes as strokes_config
 from metaprune_jax.data import strokes as strokes_data
-from metaprune_jax.meta import step as meta_step
 from tests import test_utils
 from tests.shared_data import OMNIGLOT_DIR
 
@@ -57,15 +57,17 @@ def _tiny_strokes(tmp_path, overrides=None):
   return _apply(config, overrides or {})
 
 
-def _run_two_steps(config):
-  """Two meta-steps through a trace counter; returns (trace count, metrics, state)."""
-  problem = problems.get_problem(config)
-  state, optimizer = train.init_state(config, problem)
+def _run_two_steps(config, monkeypatch):
+  """Two meta-steps of ``build(config)``'s jitted step through a trace counter; returns (problem, metrics, state)."""
   counter = test_utils.CompileCounter()
-  step = meta_step.make_meta_step(problem.train_sampler, counter.wrap(problem.loss_fn), optimizer,
-                                  meta_batch_size=int(config.outer.meta_batch_size),
-                                  settings=train.inner_settings(config), objective=train._objective(config),
-                                  harden_step=train.harden_step(config))
+  real_get_problem = problems.get_problem
+
+  def counted_problem(config):  # build's problem, with a task sampler that runs once per trace.
+    problem = real_get_problem(config)
+    return problem._replace(train_sampler=counter.wrap(problem.train_sampler))
+  monkeypatch.setattr(problems, 'get_problem', counted_problem)
+  exp = build.build(config)
+  problem, state, step = exp.problem, exp.init_state(), exp.make_step(1)
   state, _ = step(state)
   traces = counter.count
   state, metrics = step(state)
@@ -77,9 +79,9 @@ def _run_two_steps(config):
 @pytest.mark.parametrize('cell,granularity,mask', [
     ('lstm', 'weight', 'hard_concrete'), ('gru', 'weight+hidden_unit', 'hard_concrete'),
     ('lstm', 'hidden_unit', 'none')])
-def test_sequence_meta_step_runs_without_recompiling(cell, granularity, mask):
+def test_sequence_meta_step_runs_without_recompiling(cell, granularity, mask, monkeypatch):
   config = _tiny_sequence({'model.cell': cell, 'gates.granularity': granularity, 'gates.mask': mask})
-  problem, metrics, state = _run_two_steps(config)
+  problem, metrics, state = _run_two_steps(config, monkeypatch)
   params = state.meta_params['params']
   assert ('unit_scale' in params) == (granularity != 'weight')
   assert problem.metric == 'mse' and problem.head_keys == ('readout',)
@@ -89,9 +91,9 @@ def test_sequence_meta_step_runs_without_recompiling(cell, granularity, mask):
 
 
 @needs_strokes
-def test_strokes_meta_step_runs_without_recompiling(tmp_path):
+def test_strokes_meta_step_runs_without_recompiling(tmp_path, monkeypatch):
   config = _tiny_strokes(tmp_path)
-  problem, _, state = _run_two_steps(config)
+  problem, _, state = _run_two_steps(config, monkeypatch)
   assert problem.metric == 'accuracy' and problem.head_keys == ('readout',)
   tasks = problem.train_sampler(jax.random.key(1), 2)
   assert tasks.support_inputs.shape == (2, 3, 8, 3) and tasks.query_targets.shape == (2, 6)

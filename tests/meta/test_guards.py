@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from metaprune_jax import checkpoint
+from experiments import build
 from experiments import problems
 from experiments import train
 from experiments.configs import smoke
@@ -65,13 +66,13 @@ def test_nan_at_a_known_step_is_skipped_and_counted(tmp_path, nan_config):
     records = [json.loads(line) for line in f]
   test_utils.assert_equal([r['outer/skipped_steps'] for r in records], [0, 1, 1])
   test_utils.assert_equal(summary['timings']['skipped_steps'], 1)
-  test_utils.assert_all_finite(checkpoint.restore_latest(train.init_state(nan_config, _nan_problem(nan_config))[0],
+  test_utils.assert_all_finite(checkpoint.restore_latest(build.build(nan_config).init_state(),
                                                          str(tmp_path)).meta_params)
 
 
 def test_skipped_update_leaves_params_and_optimizer_untouched_but_advances_step_and_key(nan_config):
   problem = _nan_problem(nan_config)
-  init_key, train_key = jax.random.split(jax.random.key(nan_config.seed))  # As train.init_state splits it.
+  init_key, train_key = jax.random.split(jax.random.key(nan_config.seed))  # As build.initial_state splits it.
   params = problem.init_params(init_key)
   optimizer = outer_optimizer.outer_optimizer({'params': 1e-3, 'gate_logits': 1e-2})
   state = meta_step.init_meta_state(train_key, params, hard_concrete.init_gate_logits(params, 'weight'), optimizer)
@@ -118,4 +119,4 @@ def test_unknown_nonfinite_mode_names_the_allowed_values():
   config = smoke.get_config()
   config.run.nonfinite = 'ignore'
   with pytest.raises(ValueError, match=r"--config.run.nonfinite='ignore' is invalid: use one of \('stop', 'skip'\)"):
-    train.validate_config(config)
+    build.check(config)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import ops_config
+from experiments import build
 from experiments.configs import smoke
 from tests import test_utils
 
@@ -17,7 +17,7 @@ _CHILD = r'''
 import json, os, sys
 import jax
 import numpy as np
-from experiments import problems, train
+from experiments import build, problems, train
 from experiments.configs import smoke
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.meta import gate_source
@@ -44,7 +44,7 @@ def run_steps(mesh, num_steps=6):
   step_fn = meta_step.compile_step(
       meta_step.make_meta_step(problem.train_sampler, learner, optimizer,
                                meta_batch_size=int(config.outer.meta_batch_size), settings=settings,
-                               gates=gate_source.shared_gates(), objective=train._objective(config), mesh=mesh),
+                               gates=gate_source.shared_gates(), objective=build.l0(config), mesh=mesh),
       mesh=mesh)
   losses = []
   for _ in range(num_steps):
@@ -109,4 +109,4 @@ def test_num_devices_is_validated(value, match):
   config = smoke.get_config()
   config.run.num_devices = value
   with pytest.raises(ValueError, match=f'--config.run.num_devices={value} is invalid: {match}'):
-    ops_config.validate(config)
+    build.check(config)
