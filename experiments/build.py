@@ -205,11 +205,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   settings = inner_settings(config)
   eval_settings = settings._replace(inner_lr=float(config.eval.inner_lr),
                                     num_inner_steps=max(int(k) for k in config.eval.steps))
-  learner = gates.bind(learner_for(config, problem, execution), False)
+  base_learner = learner_for(config, problem, execution)
+  learner = gates.bind(base_learner, False)
+  # Evaluation horizons are long: the inner loop is a lax.scan there, whatever execution.python_loop says.
   eval_learner = gates.bind(learner_for(config, problem, execution._replace(python_loop=False)), False)
   optimizer, objective, hardening = outer_optimizer(config), l0(config), harden_step(config)
   mesh = sharding.make_mesh(int(config.run.num_devices))
-  base_learner = learner_for(config, problem, execution)
 
   def make_step(steps_per_call: int = 1, *, donate: bool = True):
     step = step_lib.make_meta_step(problem.train_sampler, base_learner, optimizer,

@@ -6,7 +6,8 @@ newest checkpoint of ``RUN`` (with its ``config.json``) and evaluates it on
 (any number of classes, shots and queries, any image size: images are
 preprocessed like the training data, at the run's ``image_size``). Prints the
 accuracy of every episode and the mean +- 95% CI, and writes
-``--output`` (default ``RUN/episodes_eval.json``).
+``--output`` (default ``RUN/episodes_eval.json``, or ``./episodes_eval.json``
+when ``RUN`` is not writable; decided before the work). Errors are one ``error:`` line.
 
 With ``config.algorithm='protonet'`` any N works. The head-based learners
 (MAML and friends) adapt their ``ways``-way head, so episodes must have at most
@@ -15,18 +16,21 @@ With ``config.algorithm='protonet'`` any N works. The head-based learners
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
 import numpy as np
 
 from experiments import build
+from experiments import workdir as workdir_lib
 from metaprune_jax.data import episode_folders
 from metaprune_jax.meta import evaluate
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune.', required=True)
 _EPISODES = flags.DEFINE_string('episodes', None, 'Folder of episodes (see the module docstring).', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json).')
+_OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json, or '
+                              './episodes_eval.json when WORKDIR is not writable).')
 _GATE_MODE = flags.DEFINE_enum('gate_mode', 'deterministic', ['deterministic', 'off'],
                                "'deterministic': the pruned network; 'off': the same weights without gates.")
 _DATA_DIR = flags.DEFINE_string('data_dir', None, "Overrides the run's config.task.data_dir (the training data is "
@@ -65,15 +69,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
+    output = workdir_lib.output_path(_WORKDIR.value, _OUTPUT.value, 'episodes_eval.json')
+    if os.path.dirname(os.path.abspath(output)) != os.path.abspath(_WORKDIR.value) and not _OUTPUT.value:
+      print(f'{_WORKDIR.value} is not writable: the result goes to {output}', file=sys.stderr)
     result = evaluate_episodes(_WORKDIR.value, _EPISODES.value, gate_mode=_GATE_MODE.value, data_dir=_DATA_DIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from e
+  except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError too: one line, no flags help.
+    print(f'error: --workdir={_WORKDIR.value}: {e}', file=sys.stderr)
+    sys.exit(2)
   for e in result['episodes']:
     print(f"{e['episode']}: {e['ways']}-way, {e['support']} support / {e['query']} query images: "
           f"accuracy {e['accuracy']:.4f}")
   print(f"mean accuracy over {result['num_episodes']} episodes: {result['mean_accuracy']:.4f} "
         f"+- {result['ci95']:.4f} (95% CI)")
-  output = _OUTPUT.value or os.path.join(_WORKDIR.value, 'episodes_eval.json')
   with open(output, 'w') as f:
     json.dump(result, f, indent=2)
   print(f'wrote {output}')

@@ -4,8 +4,9 @@ Flags: ``--task`` picks ``experiments/configs/<task>.py`` (or pass ``--config=FI
 whose ``task.name`` is the task); ``--config.SECTION.FIELD=VALUE`` overrides any
 config field (e.g. ``--config.sparsity.target_sparsity=0.95``); ``--workdir``
 holds the outputs (rerun with the same workdir to resume); ``--seed`` overrides
-``config.seed``. A bad task, config file or field fails with one ``error:`` line
-and exit status 2.
+``config.seed``. A bad task, config file or field, a resume with another config,
+a workdir in use, missing data or paths fail with one ``error:`` line and exit
+status 2; a diverging run or an I/O failure with one line and exit status 1.
 """
 
 import os
@@ -30,9 +31,9 @@ def _config_path(task: str) -> str:
   return os.path.join(_CONFIG_DIR, f'{task}.py')
 
 
-def _exit_with_error(message: str) -> None:
+def _exit_with_error(message: str, status: int = 2) -> None:
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def precheck(argv: list[str]) -> str:
@@ -68,8 +69,14 @@ def main(argv):
   logging.info('Config:\n%s', config)
   try:
     train.run(config, workdir)
-  except ValueError as e:
-    _exit_with_error(str(e))
+  except (ValueError, FileNotFoundError, PermissionError) as e:  # A config, data or path the user can fix.
+    _exit_with_error(str(e) or type(e).__name__)
+  except FloatingPointError as e:  # A diverging run: the message names the last good checkpoint.
+    _exit_with_error(str(e), status=1)
+  except OSError as e:  # Disk full, I/O: checkpoints are written atomically, so the last complete one is intact.
+    _exit_with_error(f'{type(e).__name__} while writing or reading {workdir}: {e}. The checkpoints in '
+                     f'{os.path.join(workdir, "checkpoints")} are intact: fix the cause and rerun the same command '
+                     'to resume.', status=1)
 
 
 if __name__ == '__main__':

@@ -27,11 +27,13 @@ class NonfiniteGuard:
   Attributes:
     mode: 'stop' or 'skip'.
     skipped_steps: number of updates dropped so far (restored from the checkpoint on resume).
+    max_skipped: mode 'skip' raises once more than this many updates were dropped (None: no limit).
   """
 
-  def __init__(self, mode: str, skipped_steps: int = 0):
+  def __init__(self, mode: str, skipped_steps: int = 0, max_skipped: int | None = None):
     self.mode = mode
     self.skipped_steps = int(skipped_steps)
+    self.max_skipped = max_skipped
     self._flags: list[jax.Array] = []
     self._first_step: int | None = None
 
@@ -54,12 +56,17 @@ class NonfiniteGuard:
     bad = np.flatnonzero(flags > 0)
     if not bad.size:
       return
+    where = (f'the last good checkpoint is {last_checkpoint}' if last_checkpoint else 'no checkpoint was written yet')
     if self.mode == 'skip':
       self.skipped_steps += int(bad.size)
       logging.warning('Skipped %d non-finite update(s) at step(s) %s (%d so far).', bad.size,
                       [first + int(i) for i in bad[:10]], self.skipped_steps)
+      if self.max_skipped is not None and self.skipped_steps > self.max_skipped:
+        raise FloatingPointError(
+            f'{self.skipped_steps} non-finite updates skipped by meta-step {first + int(bad[-1])}, more than '
+            f'--config.run.max_skipped_steps={self.max_skipped}: the run is diverging; {where} (no summary was '
+            f'written). {NONFINITE_FIX.split(", or pass")[0]}.')
       return
-    where = (f'the last good checkpoint is {last_checkpoint}' if last_checkpoint else 'no checkpoint was written yet')
     raise FloatingPointError(f'Non-finite loss or gradients at meta-step {first + int(bad[0])}; {where} (rerun with '
                              f'the same --workdir to resume from it). {NONFINITE_FIX}')
 

@@ -17,8 +17,10 @@ the same dict (PyYAML is installed with orbax-checkpoint)::
 Every field is checked against the config file before anything runs (an unknown one
 names the closest valid path). Every run is ``experiments.maml_prune`` in its own process and its own workdir
 ``DIR/runs/<name>`` (so a run killed mid-way resumes from its checkpoint), up to
-``--parallel`` at a time. A run whose ``summary.json`` exists is complete and
-is skipped when the sweep is restarted. At the end the summaries are gathered
+``--parallel`` at a time. A run whose ``summary.json`` is readable is complete and
+is skipped when the sweep is restarted (a missing or truncated one is rerun: a run
+stopped by an error writes none). Stopping the sweep (SIGTERM, Ctrl-C) ends its
+running runs; each resumes from its checkpoint on the next start. At the end the summaries are gathered
 into ``DIR/results.csv``, ``DIR/results.md`` (per run, and mean +- 95% CI over
 seeds) and ``DIR/sweep.png`` (the metric against the first swept field).
 """
@@ -30,8 +32,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import matplotlib
@@ -162,8 +166,34 @@ def run_dir(sweep_dir: str, run: dict) -> str:
   return os.path.join(sweep_dir, 'runs', run['name'])
 
 
+def read_summary(sweep_dir: str, run: dict) -> dict | None:
+  """The run's ``summary.json``, or None when it is missing, truncated or unreadable (the run is rerun)."""
+  try:
+    with open(os.path.join(run_dir(sweep_dir, run), 'summary.json')) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return summary if isinstance(summary, dict) and 'eval' in summary else None
+
+
 def is_complete(sweep_dir: str, run: dict) -> bool:
-  return os.path.exists(os.path.join(run_dir(sweep_dir, run), 'summary.json'))
+  return read_summary(sweep_dir, run) is not None
+
+
+def _stop_children(running: dict):
+  """A SIGTERM / SIGINT handler that ends the running runs (they resume from their checkpoints) and exits."""
+  def handler(signum, frame):
+    del frame
+    for proc, _ in running.values():
+      if proc.poll() is None:
+        proc.terminate()
+    for proc, _ in running.values():
+      try:
+        proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+    raise SystemExit(128 + signum)
+  return handler
 
 
 def execute(task: str, spec: dict, sweep_dir: str, parallel: int = 1) -> dict[str, int]:
@@ -172,6 +202,18 @@ def execute(task: str, spec: dict, sweep_dir: str, parallel: int = 1) -> dict[st
   logging.info('%d runs to do (%d complete already).', len(pending), len(expand(spec)) - len(pending))
   running, codes = {}, {}
   env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  previous = {}
+  if threading.current_thread() is threading.main_thread():  # Stopping the sweep stops its runs (no orphans).
+    previous = {sig: signal.signal(sig, _stop_children(running)) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    _loop(task, spec, sweep_dir, parallel, pending, running, codes, env)
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+  return codes
+
+
+def _loop(task, spec, sweep_dir, parallel, pending, running, codes, env) -> None:
   while pending or running:
     while pending and len(running) < max(1, parallel):
       run = pending.pop(0)
@@ -188,7 +230,6 @@ def execute(task: str, spec: dict, sweep_dir: str, parallel: int = 1) -> dict[st
         del running[name]
         logging.info('%s %s', 'finished' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})', name)
     time.sleep(0.2)
-  return codes
 
 
 def _lookup(summary: dict, path: str):
@@ -205,10 +246,8 @@ def aggregate(spec: dict, sweep_dir: str) -> list[dict]:
   rows = []
   for run in expand(spec):
     row = {'name': run['name'], 'seed': run['seed'], **run['overrides']}
-    path = os.path.join(run_dir(sweep_dir, run), 'summary.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        summary = json.load(f)
+    summary = read_summary(sweep_dir, run)
+    if summary is not None:
       row.update(status='done', metric=_lookup(summary, metric),
                  realised_sparsity=summary['sparsity']['realised_sparsity'],
                  nonzero_params=summary['sparsity']['nonzero_params'],

@@ -7,6 +7,7 @@ Rerunning with the same workdir resumes from the newest checkpoint and
 reproduces the numbers an uninterrupted run would have given.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from experiments import mask_analysis
 from experiments import monitor
 from experiments import plots
 from experiments import report
+from experiments import workdir as workdir_lib
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.meta import sharding
 
@@ -32,16 +34,6 @@ def _format_duration(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
-def _truncate_metrics(path: str, last_step: int) -> None:
-  """Drops log lines written after the checkpoint we resume from."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
-  with open(path, 'w') as f:
-    f.writelines(lines)
-
-
 def _restore(exp: build_lib.Experiment, workdir: str, metrics_path: str):
   """The initial state, or the newest checkpoint's (metrics after it dropped); ``(state, host, restored)``."""
   state = exp.init_state()
@@ -49,7 +41,7 @@ def _restore(exp: build_lib.Experiment, workdir: str, metrics_path: str):
   if restored is not None:
     state, host = restored
     logging.info('Resumed from checkpoint at step %d.', int(state.step))
-    _truncate_metrics(metrics_path, int(state.step))
+    workdir_lib.truncate_metrics(metrics_path, int(state.step))
     return state, host, True
   if os.path.exists(metrics_path):
     os.remove(metrics_path)
@@ -70,13 +62,18 @@ def _log_line(exp: build_lib.Experiment, step: int, rate: float, host: dict) -> 
                host['mask/realised_sparsity'], host['mask/multiplier'])
 
 
-def train(exp: build_lib.Experiment, workdir: str):
-  """Meta-trains from scratch or from the newest checkpoint; returns the final state and timings."""
+def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None):
+  """Meta-trains from scratch or from the newest checkpoint; returns the final state and timings.
+
+  ``resumed``: ``_restore``'s result when the caller restored already. Timings sum every segment of a resumed run
+  (the totals so far ride in each checkpoint's host dict).
+  """
   config = exp.config
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  state, host_counters, restored = _restore(exp, workdir, metrics_path)
+  state, host_counters, restored = resumed or _restore(exp, workdir, metrics_path)
   state = sharding.replicate(state, exp.mesh)
-  guard = monitor.NonfiniteGuard(config.run.nonfinite, host_counters.get('skipped_steps', 0))
+  guard = monitor.NonfiniteGuard(config.run.nonfinite, host_counters.get('skipped_steps', 0),
+                                 max_skipped=int(config.run.max_skipped_steps))
   events = monitor.EventWriter(os.path.join(workdir, 'tensorboard'), config.run.tensorboard,
                                purge_step=int(state.step) + 1 if restored else None)
   steps_per_call = int(config.run.steps_per_call)
@@ -84,7 +81,11 @@ def train(exp: build_lib.Experiment, workdir: str):
   num_steps = int(config.outer.num_outer_steps)
   log_every, checkpoint_every = int(config.run.log_every_steps), int(config.run.checkpoint_every_steps)
   start = int(state.step)
-  timings = {'compile_seconds': 0.0, 'train_seconds': 0.0, 'start_step': start}
+  timings = {'compile_seconds': float(host_counters.get('compile_seconds', 0.0)),
+             'train_seconds': float(host_counters.get('train_seconds', 0.0)),
+             'timed_steps': int(host_counters.get('timed_steps', 0)), 'start_step': start,
+             'segments': int(host_counters.get('segments', 0)) + 1, 'skipped_steps': guard.skipped_steps}
+  prior_seconds, prior_steps = timings['train_seconds'], timings['timed_steps']
   if start >= num_steps:
     return state, timings
 
@@ -101,10 +102,14 @@ def train(exp: build_lib.Experiment, workdir: str):
   t0 = time.perf_counter()
   state, metrics, step = run_call(state, start)
   jax.block_until_ready(metrics)
-  timings['compile_seconds'] = time.perf_counter() - t0  # Includes the first call's steps (1, or K).
-  timings['timed_steps'] = num_steps - step  # The steps train_seconds covers.
+  timings['compile_seconds'] += time.perf_counter() - t0  # Includes the first call's steps (1, or K).
   last_time, last_step = time.perf_counter(), step
-  train_start = last_time
+  train_start, first_timed = last_time, step  # train_seconds covers the steps after the first call of a segment.
+
+  def totals(at_step: int) -> dict:
+    return {'skipped_steps': guard.skipped_steps, 'compile_seconds': timings['compile_seconds'],
+            'train_seconds': prior_seconds + time.perf_counter() - train_start,
+            'timed_steps': prior_steps + at_step - first_timed, 'segments': timings['segments']}
   last_checkpoint = checkpoint.list_checkpoints(workdir)[-1][1] if restored else None
   with open(metrics_path if jax.process_index() == 0 else os.devnull, 'a') as log_file:
     while True:
@@ -125,13 +130,12 @@ def train(exp: build_lib.Experiment, workdir: str):
       if step % checkpoint_every == 0 or is_last:
         guard.check(last_checkpoint)  # Never checkpoint a non-finite state.
         last_checkpoint = checkpoint.save(state, workdir, keep=int(config.run.keep_checkpoints),
-                                          host={'skipped_steps': guard.skipped_steps})
+                                          host=totals(step))
       if is_last:
         break
       state, metrics, step = run_call(state, step)
   events.close()
-  timings['train_seconds'] = time.perf_counter() - train_start
-  timings['skipped_steps'] = guard.skipped_steps
+  timings.update(totals(num_steps))
   return state, timings
 
 
@@ -176,18 +180,26 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Meta-trains and evaluates ``config`` in ``workdir``; returns (and writes) the summary."""
   exp = build_lib.build(config)
+  # One writer per workdir (process 0 of a multi-host run writes the files).
+  with workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _run_locked(exp, workdir)
+
+
+def _run_locked(exp: build_lib.Experiment, workdir: str) -> dict:
+  config = exp.config
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  state, timings = train(exp, workdir)
+  workdir_lib.check_resume(config, workdir)  # Refuses another config before anything is written.
+  resumed = _restore(exp, workdir, os.path.join(workdir, 'metrics.jsonl'))
+  if jax.process_index() == 0:
+    workdir_lib.write_config(config, workdir)  # Only once the config is valid and the checkpoint restored.
+  state, timings = train(exp, workdir, resumed)
   summary = summarise(exp, state, timings, workdir)
   if config.gates.mask != 'none' and config.eval.dense_reference:
     dense = ml_collections.ConfigDict(config.to_dict())
     dense.gates.mask, dense.eval.dense_reference = 'none', False
     logging.info('Meta-training the dense reference with the same budget ...')
     summary['dense_reference'] = run(dense, os.path.join(workdir, 'dense_reference'))
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  workdir_lib.write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2))
   plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
                         title=f'{config.task.name} | mask={config.gates.mask} | seed={config.seed}')
   report.write_report(workdir, summary, config)

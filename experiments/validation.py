@@ -13,6 +13,7 @@ import math
 
 import ml_collections
 
+from experiments import config_check
 from experiments import problems
 from experiments.config_check import require
 from metaprune_jax.masks import hard_concrete
@@ -148,6 +149,15 @@ def validate_execution_and_run(config: ml_collections.ConfigDict) -> None:
           f'use one of {guards.NONFINITE_MODES}')
   for field in ('distributed', 'tensorboard'):
     require(isinstance(run[field], bool), f'run.{field}', run[field], 'must be True or False')
+  require(_is_count(run.max_skipped_steps) and run.max_skipped_steps >= 1, 'run.max_skipped_steps',
+          run.max_skipped_steps, 'must be an integer >= 1 (a run skipping more non-finite updates stops)')
+  require(all(isinstance(p, str) for p in run.allow_changes), 'run.allow_changes', tuple(run.allow_changes),
+          "must be a tuple of dotted config fields, e.g. ('outer.num_outer_steps',)")
+  known = config_check.leaf_paths(config)
+  for path in run.allow_changes:
+    if path not in known:
+      raise config_check.ConfigError(config_check.unknown_field_message(path, sorted(known)).replace(
+          '--config.', '--config.run.allow_changes: ', 1))
 
 
 def validate_pruning(config: ml_collections.ConfigDict) -> None:

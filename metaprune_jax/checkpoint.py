@@ -119,7 +119,8 @@ def restore(template: meta_step.MetaState, workdir: str, step: int) -> tuple[met
       raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). {fix}') from e
     if stored_tree is None:
       raise ValueError(f'Checkpoint {path} is corrupt or unreadable (no state metadata). {fix}')
-    _check_compatible(expected, stored_tree, path, fix)
+    _check_compatible(expected, stored_tree, path, 'The checkpoint is intact: rerun with the config that wrote it, '
+                      'or pass a fresh --workdir to start over.')
     try:
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected),
                                                                host=ocp.args.JsonRestore()))

@@ -129,6 +129,10 @@ def run(**overrides) -> ml_collections.ConfigDict:
       distributed=False,       # jax.distributed.initialize() first (multi-host).
       nonfinite='stop',        # Non-finite loss/gradients: 'stop' the run or 'skip' the update.
       steps_per_call=1,        # Meta-steps per jitted call (a lax.scan; 1 near log / checkpoint lines).
+      max_skipped_steps=100,   # nonfinite='skip': stop the run once more updates than this were skipped (>= 1).
+      # Dotted fields a resume may change, e.g. ('outer.num_outer_steps',) to extend a run; any other change of a
+      # checkpointed run's config is refused (log / checkpoint / tensorboard fields are always allowed).
+      allow_changes=(),
   ), overrides, 'run')
 
 
