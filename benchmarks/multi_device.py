@@ -53,7 +53,6 @@ def _child(mesh_devices: int, steps: int, repeats: int, steps_per_call: int = 1)
   from experiments.configs import smoke  # pylint: disable=g-import-not-at-top
   from metaprune_jax.meta import sharding  # pylint: disable=g-import-not-at-top
 
-  mesh = sharding.make_mesh(mesh_devices)
   out = {'device_count': jax.device_count(), 'mesh_devices': mesh_devices, 'models': {}}
   for name, overrides in MODELS.items():
     config = smoke.get_config()

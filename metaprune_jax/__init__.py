@@ -56,7 +56,7 @@ __all__ = [
     'MetaState', 'TaskBatch', 'TrainedRun', 'adapt', 'anil', 'apply_masks', 'compile_step', 'count_params',
     'cross_entropy_loss', 'deterministic_gates', 'expected_density', 'expected_l0', 'fomaml', 'gates_from_noise',
     'get_learner', 'harden', 'init_gate_logits', 'init_meta_state', 'learner_traces', 'load_run',
-    'make_meta_step', 'maml', 'meta_pruner_gates', 'meta_sgd', 'mse_loss', 'nonzero_params', 'outer_optimizer',
+    'make_meta_step', 'maml', 'meta_pruner_gates', 'meta_sgd', 'mse_loss', 'no_gates', 'nonzero_params', 'outer_optimizer',
     'prob_nonzero', 'protonet', 'realised_sparsity', 'reptile', 'sample_gates', 'sample_sinusoid_tasks',
     'shared_gates', 'summarise',
 ]

@@ -1,7 +1,6 @@
 """Keyed hash noise: uniform, independent across keys and indices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

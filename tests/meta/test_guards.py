@@ -1,7 +1,6 @@
 """Non-finite guards: a NaN injected at a known meta-step is caught (stop) or dropped and counted (skip)."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """Sinusoid tasks: shapes, ranges, and y = A sin(x - phi)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from metaprune_jax.tasks import sinusoid
