@@ -32,7 +32,7 @@ from metaprune_jax import types
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import harden as harden_lib
 from metaprune_jax.masks import sparsity
-from metaprune_jax.meta import adapt
+from metaprune_jax.meta import learner as learner_lib
 from metaprune_jax.meta import gate_source
 
 
@@ -208,14 +208,8 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
       return learner.task_traces(meta_params, task, settings=settings, gate_mode=gate_mode,
                                  fixed_masks=fixed_masks)
 
-    def batch_loss(meta_params, tasks, key, *, settings, gate_mode='sample', fixed_masks=None):
-      def one_task(mp, task, noise):
-        return task_loss(mp, task, noise, settings=settings, gate_mode=gate_mode, fixed_masks=fixed_masks)
-      return adapt.mean_over_tasks(one_task, meta_params, tasks, key, execution=learner.execution,
-                                   gate_mode=gate_mode)
-
-    return learner._replace(name=f'{learner.name}+meta_pruner', task_loss=task_loss, batch_loss=batch_loss,
-                            task_traces=task_traces)
+    return learner._replace(name=f'{learner.name}+meta_pruner', task_loss=task_loss,
+                            batch_loss=learner_lib.batch_mean(task_loss, learner.execution), task_traces=task_traces)
 
   def expected_density(meta_params, tasks, hardened: bool):
     if hardened and target_sparsity is not None:
