@@ -149,6 +149,28 @@ def task_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return importlib.import_module(f'experiments.configs.{module}').get_config()
 
 
+def fill_missing(config: ml_collections.ConfigDict) -> list[str]:
+  """Adds, with their defaults, the fields a stored config lacks (a run saved before they existed).
+
+  Returns:
+    The dotted paths that were added (empty for a current config or a task without a config file).
+  """
+  defaults = task_defaults(config)
+  if defaults is None:
+    return []
+  missing = sorted(set(leaf_paths(defaults)) - set(leaf_paths(config)))
+  for path in missing:
+    *parents, leaf = path.split('.')
+    node, default = config, defaults
+    for name in parents:
+      default = default[name]
+      if name not in node:
+        node[name] = ml_collections.ConfigDict()
+      node = node[name]
+    node[leaf] = default[leaf]
+  return missing
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """``check_fields`` against ``task_defaults(config)`` (nothing to check for a task without a file)."""
   defaults = task_defaults(config)

@@ -24,6 +24,8 @@ class Problem(NamedTuple):
       (masked) network, or None.
     expand_units: the net's hidden-unit coupling for the sparsity counters
       (``masks.sparsity``: ``(params, unit_keep) -> keep factors``), or None.
+    apply_fn: ``(params, inputs) -> outputs`` the network's predictions (regression)
+      or logits (classification), what ``loss_fn`` compares with the targets.
   """
   init_params: Callable[[types.PRNGKey], types.Params]
   loss_fn: Callable
@@ -35,3 +37,4 @@ class Problem(NamedTuple):
   head_keys: tuple[str, ...] = ()
   flops_fn: Callable | None = None
   expand_units: Callable | None = None
+  apply_fn: Callable | None = None

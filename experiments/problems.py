@@ -45,7 +45,8 @@ def sinusoid_problem(config: ml_collections.ConfigDict) -> Problem:
             key, num_tasks=num_tasks, num_support=shots, num_query=config.eval.num_query, ranges=ranges)
 
   head = (f'Dense_{len(tuple(config.model.hidden_sizes))}',)
-  return Problem(init_params, losses.mse_loss(model.apply), train_sampler, eval_sampler, 'mse', head_keys=head)
+  return Problem(init_params, losses.mse_loss(model.apply), train_sampler, eval_sampler, 'mse', head_keys=head,
+                 apply_fn=lambda params, inputs: model.apply({'params': params}, inputs))
 
 
 def load_omniglot_splits(config: ml_collections.ConfigDict) -> omniglot_splits.OmniglotSplits:
@@ -177,7 +178,8 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     return flops.conv4_flops(params, masks, image_size=int(task.image_size))
 
   return Problem(init_params, loss_fn, train_sampler, eval_sampler, 'accuracy', accuracy_fn=accuracy_fn,
-                 embed_fn=embed_fn, head_keys=('head',), flops_fn=flops_fn)
+                 embed_fn=embed_fn, head_keys=('head',), flops_fn=flops_fn,
+                 apply_fn=lambda params, images: conv.conv4_apply(params, images, method=method))
 
 
 PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict], Problem]] = {

@@ -70,7 +70,8 @@ def sequence_problem(config: ml_collections.ConfigDict) -> Problem:
                                           num_query=int(config.eval.num_query), **sizes)
 
   return Problem(_init_fn(config, 1, horizon), losses.mse_loss(apply), train_sampler, eval_sampler,
-                          'mse', head_keys=('readout',), expand_units=rnn.unit_keep_factors)
+                          'mse', head_keys=('readout',), expand_units=rnn.unit_keep_factors,
+                          apply_fn=lambda params, inputs: apply({'params': params}, inputs))
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,6 +141,7 @@ def strokes_problem(config: ml_collections.ConfigDict) -> Problem:
 
   return Problem(_init_fn(config, STROKE_FEATURES, ways), losses.cross_entropy_loss(apply),
                           train_sampler, eval_sampler, 'accuracy', accuracy_fn=accuracy_fn,
-                          embed_fn=embed_fn, head_keys=('readout',), expand_units=rnn.unit_keep_factors)
+                          embed_fn=embed_fn, head_keys=('readout',), expand_units=rnn.unit_keep_factors,
+                          apply_fn=logits)
 
 

@@ -1,0 +1,130 @@
+r"""Inference latency of a run's dense, masked and exported (compact float / int8) models, interleaved.
+
+For the run in ``--workdir`` and its exports (``python -m experiments.export``):
+
+* ``dense``: the run's network on its full-size weights, no masks;
+* ``masked``: the same network with the deterministic gates multiplied in per
+  call (what the training code runs: pruning saves nothing);
+* ``export`` / ``export_int8``: ``load_compact(DIR).apply`` on the compact
+  arrays (int8 exports are dequantized at load and run in float32: on XLA:CPU
+  int8 matmuls are not faster end to end, see ``benchmarks/int8_matmul.py``).
+
+The outputs are what the learner consumes: logits for head-based learners,
+the embedding for prototypical networks. Inputs are held-out query images (or
+sinusoid inputs) tiled to each ``--batches`` size. Each model is jitted and
+compiled first (compile seconds reported apart), then every round times every
+model and batch size in turn (``--calls`` calls each, ``block_until_ready``); the
+JSON reports per-call medians over ``--repeats`` rounds, the ratios to dense and
+the FLOP ratio of the compact model (conv / dense layers; batch norm, ReLU and
+pooling not counted).
+
+Run::
+
+  python -m benchmarks.export_speed --workdir=RUN --export=DIR [--export_int8=DIR8] [--batches=1,600]
+"""
+
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from experiments import build, evaluation
+from metaprune_jax.export import model as model_lib
+from metaprune_jax.masks import hard_concrete, masking
+
+
+def network_flops(params, spec: dict) -> int:
+  """Multiply-add FLOPs (x2) of one example through the conv / dense layers of ``params`` (any size)."""
+  if spec['arch'] == 'conv4':
+    total, side, i = 0, int(spec['image_size']), 0
+    while f'conv_{i}' in params:
+      total += 2 * side * side * int(np.size(params[f'conv_{i}']['kernel']))
+      side //= 2
+      i += 1
+    if 'head' in params and model_lib.adapts(spec):
+      total += 2 * int(np.size(params['head']['kernel']))
+    return total
+  if spec['arch'] == 'mlp':
+    return sum(2 * int(np.size(layer['kernel'])) for layer in params.values())
+  raise ValueError(f"network_flops counts mlp and conv4 models, not {spec['arch']!r}.")
+
+
+def _inputs(exp, batch: int) -> jax.Array:
+  config = exp.config
+  ways = (tuple(config.eval.ways) or (None,))[0]
+  tasks = evaluation.held_out_tasks(config, exp.problem, int(config.eval.shots[0]), ways)
+  pool = np.asarray(tasks.query_inputs).reshape((-1,) + tuple(tasks.query_inputs.shape[2:]))
+  return jnp.asarray(np.resize(pool, (batch,) + pool.shape[1:]))
+
+
+def _timed(fn, x, calls: int) -> float:
+  start = time.perf_counter()
+  for _ in range(calls):
+    out = fn(x)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / calls
+
+
+def run(workdir: str, exports: dict[str, str], *, batches=(1, 600), repeats: int = 7, calls: int = 20) -> dict:
+  """The benchmark as a dict (module docstring); ``exports`` maps a model name to an export folder."""
+  exp, state = build.load(workdir)
+  params = state.meta_params['params']
+  masks = hard_concrete.deterministic_gates(state.meta_params['gate_logits'], exp.settings.hc)
+  loaded = {name: model_lib.load_compact(folder) for name, folder in exports.items()}
+  spec = next(iter(loaded.values())).spec
+  network = exp.problem.embed_fn if not model_lib.adapts(spec) else exp.problem.apply_fn
+  models = {'dense': jax.jit(lambda x: network(params, x)),
+            'masked': jax.jit(lambda x: network(masking.apply_masks(params, masks), x))}
+  for name, model in loaded.items():
+    models[name] = jax.jit(lambda x, m=model: m.apply(m.params, x))
+  inputs = {b: _inputs(exp, b) for b in batches}
+  compile_s = {}
+  for name, fn in models.items():
+    start = time.perf_counter()
+    for b in batches:
+      jax.block_until_ready(fn(inputs[b]))
+    compile_s[name] = time.perf_counter() - start
+  samples = {(name, b): [] for name in models for b in batches}
+  for _ in range(repeats):
+    for b in batches:
+      for name, fn in models.items():
+        samples[(name, b)].append(_timed(fn, inputs[b], calls))
+  dense_flops = network_flops(jax.device_get(params), spec)
+  result = {'workdir': workdir, 'exports': exports, 'backend': jax.default_backend(),
+            'devices': [d.device_kind for d in jax.devices()], 'load_average': list(os.getloadavg()),
+            'repeats': repeats, 'calls_per_timing': calls, 'compile_s': compile_s,
+            'flop_ratio': {name: network_flops(m.params, spec) / dense_flops for name, m in loaded.items()},
+            'bytes': {name: m.metadata['artifact_bytes'] for name, m in loaded.items()},
+            'dense_bytes': next(iter(loaded.values())).metadata['dense_bytes'], 'batches': {}}
+  for b in batches:
+    medians = {name: statistics.median(samples[(name, b)]) * 1e6 for name in models}
+    result['batches'][str(b)] = {'median_us': medians,
+                                 'ratio_to_dense': {name: medians[name] / medians['dense'] for name in models}}
+  return result
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The run folder.')
+_EXPORT = flags.DEFINE_string('export', None, 'Its float32 export folder.')
+_EXPORT_INT8 = flags.DEFINE_string('export_int8', None, 'Its int8 export folder (optional).')
+_BATCHES = flags.DEFINE_list('batches', ['1', '600'], 'Batch sizes.')
+_REPEATS = flags.DEFINE_integer('repeats', 7, 'Interleaved rounds.')
+_CALLS = flags.DEFINE_integer('calls', 20, 'Calls per timing.')
+
+
+def main(argv):
+  del argv
+  exports = {'export': _EXPORT.value}
+  if _EXPORT_INT8.value:
+    exports['export_int8'] = _EXPORT_INT8.value
+  print(json.dumps(run(_WORKDIR.value, exports, batches=tuple(int(b) for b in _BATCHES.value),
+                       repeats=_REPEATS.value, calls=_CALLS.value), indent=1))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir', 'export'])
+  app.run(main)
