@@ -31,11 +31,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 
-from experiments import build, evaluation
+from experiments import build
+from experiments import evaluation
 from metaprune_jax.export import model as model_lib
-from metaprune_jax.masks import hard_concrete, masking
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import masking
 
 
 def network_flops(params, spec: dict) -> int:

@@ -30,7 +30,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from metaprune_jax.export import quantize
 

@@ -23,15 +23,23 @@ import jax
 import ml_collections
 import optax
 
-from experiments import config_check, evaluation, problems, validation
+from experiments import config_check
+from experiments import evaluation
+from experiments import problems
+from experiments import validation
 from metaprune_jax import checkpoint
-from metaprune_jax.masks import hard_concrete, l0_objective
+from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import l0_objective
 from metaprune_jax.masks import sparsity as sparsity_lib
-from metaprune_jax.meta import gate_source, learners, meta_pruner, sharding
+from metaprune_jax.meta import gate_source
+from metaprune_jax.meta import learners
+from metaprune_jax.meta import meta_pruner
 from metaprune_jax.meta import optimizer as optimizer_lib
+from metaprune_jax.meta import sharding
 from metaprune_jax.meta import step as step_lib
 from metaprune_jax.meta.learner import Learner
-from metaprune_jax.meta.settings import Execution, InnerSettings
+from metaprune_jax.meta.settings import Execution
+from metaprune_jax.meta.settings import InnerSettings
 
 
 class Experiment(NamedTuple):

@@ -9,6 +9,10 @@ accuracy of every episode and the mean +- 95% CI, and writes
 ``--output`` (default ``RUN/episodes_eval.json``, or ``./episodes_eval.json``
 when ``RUN`` is not writable; decided before the work). Errors are one ``error:`` line.
 
+``--workdir`` may also be an export folder (``python -m experiments.export``):
+the exported model (``metaprune_jax.export.load_compact``) is evaluated with
+its learner's ``predict``, without the training code or data.
+
 With ``config.algorithm='protonet'`` any N works. The head-based learners
 (MAML and friends) adapt their ``ways``-way head, so episodes must have at most
 ``ways`` classes (labels are the sorted class names).
@@ -21,13 +25,17 @@ import sys
 from absl import app
 from absl import flags
 import numpy as np
+import optax
 
 from experiments import build
 from experiments import workdir as workdir_lib
 from metaprune_jax.data import episode_folders
+from metaprune_jax.export import artifact
+from metaprune_jax.export import model as export_model
 from metaprune_jax.meta import evaluate
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune.', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune, or an export '
+                               'folder written by experiments.export.', required=True)
 _EPISODES = flags.DEFINE_string('episodes', None, 'Folder of episodes (see the module docstring).', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json, or '
                               './episodes_eval.json when WORKDIR is not writable).')
@@ -37,9 +45,44 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, "Overrides the run's config.ta
                                 'read only to rebuild the model functions).')
 
 
+def _summary(workdir: str, episodes_dir: str, per_episode: list[dict], **fields) -> dict:
+  accuracies = np.array([e['accuracy'] for e in per_episode])
+  return {'workdir': workdir, 'episodes_dir': episodes_dir, **fields, 'mean_accuracy': float(accuracies.mean()),
+          'ci95': evaluate.confidence_interval_95(accuracies), 'num_episodes': len(per_episode),
+          'episodes': per_episode}
+
+
+def evaluate_export(export_dir: str, episodes_dir: str) -> dict:
+  """Accuracy (and loss) of an exported model (``experiments.export``) on every episode in ``episodes_dir``."""
+  model = export_model.load_compact(export_dir)
+  spec = model.spec
+  if spec['loss'] != 'cross_entropy' or 'image_size' not in spec:
+    raise ValueError(f"{export_dir} holds a {spec['arch']} model for {spec['loss']}; episode folders are images "
+                     'for classification (an exported Conv-4).')
+  episodes = episode_folders.load_episode_folders(episodes_dir, image_size=int(spec['image_size']))
+  classes = None if not export_model.adapts(spec) else int(model.params['head']['bias'].shape[0])
+  per_episode = []
+  for episode in episodes:
+    ways = len(episode.class_names)
+    if classes is not None and ways > classes:
+      raise ValueError(f'episode {episode.name} has {ways} classes but the exported {spec["learner"]} model has a '
+                       f'{classes}-way head; only protonet classifies any number of classes.')
+    logits = model.predict(episode.support_inputs, episode.support_targets, episode.query_inputs)
+    labels = episode.query_targets
+    per_episode.append({'episode': episode.name, 'ways': ways, 'support': int(len(episode.support_targets)),
+                        'query': int(len(labels)),
+                        'accuracy': float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(labels))),
+                        'loss': float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))})
+  return _summary(export_dir, episodes_dir, per_episode, algorithm=spec['learner'], gate_mode='exported',
+                  num_inner_steps=int(spec['num_inner_steps']), image_size=int(spec['image_size']),
+                  quantization=model.metadata['quantization'])
+
+
 def evaluate_episodes(workdir: str, episodes_dir: str, *, gate_mode: str = 'deterministic',
                       data_dir: str | None = None) -> dict:
-  """Accuracy (and loss) of the run in ``workdir`` on every episode in ``episodes_dir``."""
+  """Accuracy (and loss) of the run (or export) in ``workdir`` on every episode in ``episodes_dir``."""
+  if os.path.isfile(os.path.join(workdir, artifact.METADATA_FILE)):
+    return evaluate_export(workdir, episodes_dir)
   exp, state = build.load(workdir, data_dir=data_dir)
   config, meta_params = exp.config, state.meta_params
   if meta_params.get('gate_logits') is None:
@@ -58,11 +101,8 @@ def evaluate_episodes(workdir: str, episodes_dir: str, *, gate_mode: str = 'dete
     per_episode.append({'episode': episode.name, 'ways': ways, 'support': int(len(episode.support_targets)),
                         'query': int(len(episode.query_targets)),
                         'accuracy': float(traces['accuracy'][0, -1]), 'loss': float(traces['loss'][0, -1])})
-  accuracies = np.array([e['accuracy'] for e in per_episode])
-  return {'workdir': workdir, 'episodes_dir': episodes_dir, 'algorithm': config.algorithm, 'gate_mode': gate_mode,
-          'num_inner_steps': int(config.inner.num_inner_steps), 'image_size': int(config.task.image_size),
-          'mean_accuracy': float(accuracies.mean()), 'ci95': evaluate.confidence_interval_95(accuracies),
-          'num_episodes': len(per_episode), 'episodes': per_episode}
+  return _summary(workdir, episodes_dir, per_episode, algorithm=config.algorithm, gate_mode=gate_mode,
+                  num_inner_steps=int(config.inner.num_inner_steps), image_size=int(config.task.image_size))
 
 
 def main(argv):

@@ -26,21 +26,19 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 
-from experiments import build, evaluation, provenance
+from experiments import build
+from experiments import evaluation
+from experiments import provenance
 from metaprune_jax import checkpoint
 from metaprune_jax.export import artifact
 from metaprune_jax.export import model as model_lib
 from metaprune_jax.masks import hard_concrete
-from metaprune_jax.meta import adapt, protonet
+from metaprune_jax.meta import adapt
+from metaprune_jax.meta import protonet
 from metaprune_jax.meta import evaluate as evaluate_lib
-
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune.')
-_OUT = flags.DEFINE_string('out', None, 'The export folder to write (not inside the run folder).')
-_QUANTIZE = flags.DEFINE_string('quantize', 'none', "'none' (float32) or 'int8' (per-channel symmetric kernels).")
-_NUM_CHECK_TASKS = flags.DEFINE_integer('num_check_tasks', 20, 'Held-out tasks for max_abs_output_diff.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, "Overrides the run's config.task.data_dir.")
 
 ARCH_OF_TASK = {'sinusoid': 'mlp', 'omniglot': 'conv4'}
 
@@ -198,22 +196,33 @@ def format_report(document: dict) -> str:
   return '\n'.join(lines)
 
 
+def define_flags() -> None:
+  """The launcher's flags (defined only when run as a script, so other launchers can import this module)."""
+  flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune.')
+  flags.DEFINE_string('out', None, 'The export folder to write (not inside the run folder).')
+  flags.DEFINE_string('quantize', 'none', "'none' (float32) or 'int8' (per-channel symmetric kernels).")
+  flags.DEFINE_integer('num_check_tasks', 20, 'Held-out tasks for max_abs_output_diff.')
+  flags.DEFINE_string('data_dir', None, "Overrides the run's config.task.data_dir.")
+
+
 def main(argv):
+  values = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpoint.quiet_orbax_logs()
-  if not _WORKDIR.value or not _OUT.value:
+  if not values.workdir or not values.out:
     print('error: pass --workdir=RUN (a run folder) and --out=DIR (the export folder).', file=sys.stderr)
     sys.exit(2)
   try:
-    document = export_run(_WORKDIR.value, _OUT.value, quantization=_QUANTIZE.value,
-                          num_check_tasks=_NUM_CHECK_TASKS.value, data_dir=_DATA_DIR.value)
+    document = export_run(values.workdir, values.out, quantization=values.quantize,
+                          num_check_tasks=values.num_check_tasks, data_dir=values.data_dir)
   except (ValueError, OSError) as e:
-    print(f'error: --workdir={_WORKDIR.value}: {e}', file=sys.stderr)
+    print(f'error: --workdir={values.workdir}: {e}', file=sys.stderr)
     sys.exit(2)
   print(format_report(document))
-  print(f'wrote {_OUT.value}')
+  print(f'wrote {values.out}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

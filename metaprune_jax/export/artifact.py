@@ -23,7 +23,8 @@ import os
 
 import numpy as np
 
-from metaprune_jax.export import packing, quantize
+from metaprune_jax.export import packing
+from metaprune_jax.export import quantize
 
 FORMAT = 'metaprune_jax.compact/1'
 ARRAYS_FILE = 'arrays.bin'

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaprune_jax.export import units
-from metaprune_jax.export.compacted import Compacted, pattern_or_none
+from metaprune_jax.export.compacted import Compacted
+from metaprune_jax.export.compacted import pattern_or_none
 from metaprune_jax.nets import conv
 
 BORDER_BIAS = 'border_bias'

@@ -18,7 +18,8 @@ removed.
 import numpy as np
 
 from metaprune_jax.export import units
-from metaprune_jax.export.compacted import Compacted, pattern_or_none
+from metaprune_jax.export.compacted import Compacted
+from metaprune_jax.export.compacted import pattern_or_none
 from metaprune_jax.nets import mlp
 
 

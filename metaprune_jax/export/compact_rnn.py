@@ -38,7 +38,8 @@ import jax
 import numpy as np
 
 from metaprune_jax import types
-from metaprune_jax.export.compacted import Compacted, pattern_or_none
+from metaprune_jax.export.compacted import Compacted
+from metaprune_jax.export.compacted import pattern_or_none
 from metaprune_jax.masks import masking
 from metaprune_jax.nets import rnn
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from metaprune_jax import types
 from metaprune_jax.export import compact_conv
-from metaprune_jax.nets import conv, mlp
+from metaprune_jax.nets import conv
+from metaprune_jax.nets import mlp
 
 
 def mlp_apply(params: types.Params, inputs: jax.Array, *, activation: str = 'relu') -> jax.Array:

@@ -30,15 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metaprune_jax.export import (
-  artifact,
-  compact_conv,
-  compact_mlp,
-  compact_rnn,
-  forward,
-)
+from metaprune_jax.export import artifact
+from metaprune_jax.export import compact_conv
+from metaprune_jax.export import compact_mlp
+from metaprune_jax.export import compact_rnn
+from metaprune_jax.export import forward
 from metaprune_jax.export.compacted import Compacted
-from metaprune_jax.meta import inner, protonet
+from metaprune_jax.meta import inner
+from metaprune_jax.meta import protonet
 from metaprune_jax.nets import rnn
 
 ARCHS = ('mlp', 'conv4', 'lstm', 'gru')

@@ -7,13 +7,18 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from experiments import export, train
-from experiments.configs import omniglot_tiny, smoke
+from experiments import evaluate
+from experiments import export
+from experiments import train
+from experiments.configs import omniglot_tiny
+from experiments.configs import smoke
 from metaprune_jax.export import artifact
 from metaprune_jax.export import model as model_lib
 from tests import shared_data
+from tests.experiments import test_evaluate
 from tests.experiments.test_maml_prune import ROOT
 
 
@@ -74,6 +79,14 @@ def test_channel_gated_protonet_exports_a_smaller_conv(tmp_path):
   assert after['conv_1/kernel'][3] < 8 or after['conv_0/kernel'][3] < 8
   held = document['held_out']
   assert held['exported']['mean'] == pytest.approx(held['masked']['mean'], abs=1e-6)
+  # experiments.evaluate takes the export folder as it takes a run: same episodes, same accuracies.
+  rng = np.random.default_rng(0)
+  test_evaluate._write_episode(tmp_path / 'episodes', 'a', ways=4, shots=2, queries=3, size=24, rng=rng)  # pylint: disable=protected-access
+  from_export = evaluate.evaluate_episodes(str(tmp_path / 'out'), str(tmp_path / 'episodes'))
+  from_run = evaluate.evaluate_episodes(str(tmp_path / 'run'), str(tmp_path / 'episodes'))
+  assert from_export['gate_mode'] == 'exported' and from_export['episodes'][0]['query'] == 12
+  assert from_export['episodes'][0]['accuracy'] == pytest.approx(from_run['episodes'][0]['accuracy'], abs=1e-6)
+  assert from_export['episodes'][0]['loss'] == pytest.approx(from_run['episodes'][0]['loss'], abs=1e-4)
 
 
 def test_launcher_bad_inputs_are_one_line_and_change_nothing(sparse_sinusoid_run, tmp_path):

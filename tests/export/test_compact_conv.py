@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaprune_jax.export import compact_conv, forward
+from metaprune_jax.export import compact_conv
+from metaprune_jax.export import forward
 from metaprune_jax.meta import protonet
 from metaprune_jax.nets import conv
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaprune_jax.export import compact_mlp, forward
+from metaprune_jax.export import compact_mlp
+from metaprune_jax.export import forward
 from metaprune_jax.masks import masking
 from metaprune_jax.nets import mlp
 

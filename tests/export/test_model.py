@@ -13,7 +13,8 @@ from metaprune_jax.export import model as model_lib
 from metaprune_jax.masks import masking
 from metaprune_jax.meta import adapt
 from metaprune_jax.meta import settings as settings_lib
-from metaprune_jax.nets import conv, mlp
+from metaprune_jax.nets import conv
+from metaprune_jax.nets import mlp
 
 MLP_SPEC = {'arch': 'mlp', 'activation': 'relu', 'learner': 'maml', 'loss': 'mse', 'inner_lr': 0.05,
             'num_inner_steps': 3, 'adapt_keys': None}
