@@ -25,12 +25,16 @@ import optax
 
 from experiments import config_check
 from experiments import evaluation
+from experiments import export_spec
 from experiments import problems
 from experiments import validation
 from metaprune_jax import checkpoint
+from metaprune_jax.export import model as export_model
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
+from metaprune_jax.masks import masking
 from metaprune_jax.masks import sparsity as sparsity_lib
+from metaprune_jax.meta import distill as distill_lib
 from metaprune_jax.meta import gate_source
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import meta_pruner
@@ -184,6 +188,48 @@ def initial_state(config, problem: problems.Problem, learner: Learner, settings:
                                   extra=extra)
 
 
+def teacher_for(config, problem: problems.Problem):
+  """The distillation teacher's one-task prediction (``meta.distill.TeacherPredict``) from ``distill.teacher``.
+
+  The teacher run is loaded as it was trained: its learner adapts with its own
+  ``inner`` settings; a gated teacher runs with its deterministic gates.
+
+  Raises:
+    ValueError: the teacher is of another task, a meta-pruner run, or a learner
+      whose outputs do not match the student's (prototype logits vs a head).
+  """
+  teacher = checkpoint.load_run(config.distill.teacher)
+  teacher_config = teacher.config
+  config_check.fill_missing(teacher_config)
+  where = f'--config.distill.teacher={config.distill.teacher}'
+  if teacher_config.task.name != config.task.name:
+    raise ValueError(f'{where} is a {teacher_config.task.name} run; the student is {config.task.name}.')
+  if teacher_config.gates.mask == 'meta_pruner':
+    raise ValueError(f'{where} is a meta_pruner run; use a dense or hard_concrete teacher.')
+  if (teacher_config.algorithm == 'protonet') != (config.algorithm == 'protonet'):
+    raise ValueError(f'{where} is a {teacher_config.algorithm} run; a {config.algorithm} student needs a teacher '
+                     'with the same outputs (prototype logits, or a head): '
+                     f"{'protonet' if config.algorithm == 'protonet' else 'any head-based learner'}.")
+  spec = export_spec.model_spec(teacher_config, inner='train')
+  params = teacher.meta_params['params']
+  if teacher.meta_params.get('gate_logits') is not None:
+    params = masking.apply_masks(params, hard_concrete.deterministic_gates(teacher.meta_params['gate_logits'],
+                                                                         hard_concrete_constants(teacher_config)))
+  params = jax.tree.map(jax.numpy.asarray, params)
+  del problem  # The teacher runs its own forward pass (export.model), on the student's tasks.
+  return export_model.predict_fn(spec, params, None, teacher.meta_params.get('inner_lrs'))
+
+
+def with_distillation(config, problem: problems.Problem) -> problems.Problem:
+  """``problem`` whose meta-training tasks carry the teacher's soft query targets (``distill.weight > 0``)."""
+  if float(config.distill.weight) <= 0:
+    return problem
+  sampler = distill_lib.distilled_sampler(problem.train_sampler, teacher_for(config, problem),
+                                          float(config.distill.weight), regression=problem.metric == 'mse',
+                                          temperature=float(config.distill.temperature))
+  return problem._replace(train_sampler=sampler)
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Checks every field's name, type and value (no data is read, nothing touches a device).
 
@@ -200,7 +246,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   """Checks ``config`` (``check``) and builds its experiment (nothing is compiled or trained here)."""
   check(config)
   execution = execution_settings(config)
-  problem = problems.get_problem(config)
+  problem = with_distillation(config, problems.get_problem(config))
   gates = gates_for(config, problem)
   settings = inner_settings(config)
   eval_settings = settings._replace(inner_lr=float(config.eval.inner_lr),

@@ -31,6 +31,7 @@ from absl import flags
 
 from experiments import build
 from experiments import evaluation
+from experiments import export_spec
 from experiments import provenance
 from metaprune_jax import checkpoint
 from metaprune_jax.export import artifact
@@ -39,30 +40,6 @@ from metaprune_jax.masks import hard_concrete
 from metaprune_jax.meta import adapt
 from metaprune_jax.meta import protonet
 from metaprune_jax.meta import evaluate as evaluate_lib
-
-ARCH_OF_TASK = {'sinusoid': 'mlp', 'omniglot': 'conv4'}
-
-
-def model_spec(config) -> dict:
-  """The export model spec (``metaprune_jax.export.model``) of a run's config."""
-  task = config.task.name
-  arch = ARCH_OF_TASK.get(task, config.model.get('cell'))
-  spec = {'arch': arch, 'learner': config.algorithm, 'loss': 'mse' if task in ('sinusoid', 'sequence')
-          else 'cross_entropy', 'inner_lr': float(config.eval.inner_lr),
-          'num_inner_steps': max(int(k) for k in config.eval.steps),
-          'adapt_keys': None}
-  if config.algorithm == 'anil':
-    spec['adapt_keys'] = ['head'] if task == 'omniglot' else (
-        ['readout'] if arch in ('lstm', 'gru') else [f'Dense_{len(tuple(config.model.hidden_sizes))}'])
-  if arch == 'mlp':
-    spec['activation'] = str(config.model.activation)
-  elif arch == 'conv4':
-    spec['image_size'] = int(config.task.image_size)
-  else:
-    spec['last_only'] = True
-    spec['expand_output'] = task == 'sequence'
-  return spec
-
 
 def check_exportable(config, meta_params, workdir: str) -> None:
   """Raises ``ValueError`` naming the run when it cannot be exported as one compact model."""
@@ -142,7 +119,7 @@ def export_run(workdir: str, out: str, *, quantization: str = 'none', num_check_
   exp, state = build.load(workdir, data_dir=data_dir)
   config, meta_params = exp.config, state.meta_params
   check_exportable(config, meta_params, workdir)
-  spec = model_spec(config)
+  spec = export_spec.model_spec(config)
   masks = hard_concrete.deterministic_gates(meta_params['gate_logits'], exp.settings.hc)
   gate_values = np.concatenate([np.ravel(np.asarray(g)) for g in jax.tree.leaves(masks)])
   report = {

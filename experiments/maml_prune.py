@@ -5,16 +5,20 @@ whose ``task.name`` is the task); ``--config.SECTION.FIELD=VALUE`` overrides any
 config field (e.g. ``--config.sparsity.target_sparsity=0.95``); ``--workdir``
 holds the outputs (rerun with the same workdir to resume); ``--seed`` overrides
 ``config.seed``. A bad task, config file or field, a resume with another config,
-a workdir in use, missing data or paths fail with one ``error:`` line and exit
-status 2; a diverging run or an I/O failure with one line and exit status 1.
+a workdir in use, missing or damaged data, a damaged checkpoint, paths or
+``--config.run.distributed`` without a cluster fail with one ``error:`` line and
+exit status 2; a diverging run or an I/O failure (disk full) with one line
+naming what failed and the newest intact checkpoint, and exit status 1. The
+``error:`` line is the last line printed (the config is logged only once the
+run is set up, and orbax's tracebacks are filtered).
 """
 
+import errno
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from metaprune_jax import checkpoint
@@ -22,9 +26,12 @@ from experiments import build
 from experiments import config_check
 from experiments import problems
 from experiments import train
+from experiments import workdir as workdir_lib
 from metaprune_jax.meta import sharding
 
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'configs')
+_IO_FIXES = {errno.ENOSPC: 'free disk space', errno.EDQUOT: 'free space in your quota',
+             errno.EFBIG: 'raise the file-size limit (ulimit -f) or free disk space'}
 
 
 def _config_path(task: str) -> str:
@@ -34,6 +41,40 @@ def _config_path(task: str) -> str:
 def _exit_with_error(message: str, status: int = 2) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(status)
+
+
+def _initialize_distributed(enabled: bool) -> None:
+  """``sharding.initialize_distributed``; exits with one ``error:`` line when there is no cluster to join."""
+  try:
+    sharding.initialize_distributed(enabled)
+  except (ValueError, RuntimeError, TypeError) as e:
+    cause = str(e).rstrip('.')
+    _exit_with_error(f'--config.run.distributed=True, but jax.distributed.initialize() found no cluster to join '
+                     f'({cause}). Start one launcher per host under a cluster manager JAX detects (SLURM, Open MPI, '
+                     'a Cloud TPU pod), or drop --config.run.distributed on one host (--config.run.num_devices=0 '
+                     'uses every local device).')
+
+
+def _io_failure(error: OSError, workdir: str) -> str:
+  """One line for a failed write or read: what failed and the newest checkpoint, which is intact (orbax renames a
+  checkpoint into place only once it is complete)."""
+  if isinstance(error, (checkpoint.CheckpointWriteError, workdir_lib.WriteError)):
+    what = str(error)
+  else:
+    what = f'{type(error).__name__} in {workdir}: {error}'
+  try:
+    found = checkpoint.list_checkpoints(workdir)
+  except OSError:
+    found = None
+  fix = _IO_FIXES.get(error.errno, 'fix the cause')
+  if found:
+    kept = (f'Nothing already written was lost: the checkpoints in {checkpoint.checkpoint_dir(workdir)} are intact '
+            f'(newest: step {found[-1][0]}); {fix} and rerun the same command to resume from it.')
+  elif found is None:
+    kept = f'The checkpoints are written atomically: {fix} and rerun the same command to resume.'
+  else:
+    kept = f'No checkpoint was written yet: {fix} and rerun the same command.'
+  return f'{what}. {kept}'
 
 
 def precheck(argv: list[str]) -> str:
@@ -64,19 +105,16 @@ def main(argv):
   except ValueError as e:
     _exit_with_error(str(e))
   checkpoint.quiet_orbax_logs()
-  sharding.initialize_distributed(config.run.distributed)  # Before any other JAX call.
+  _initialize_distributed(config.run.distributed)  # Before any other JAX call.
   workdir = FLAGS.workdir or os.path.join('runs', f'{config.task.name}_seed{config.seed}')
-  logging.info('Config:\n%s', config)
-  try:
+  try:  # train.run logs the config once the run is set up (after the data, the lock, the resume check).
     train.run(config, workdir)
   except (ValueError, FileNotFoundError, PermissionError) as e:  # A config, data or path the user can fix.
     _exit_with_error(str(e) or type(e).__name__)
   except FloatingPointError as e:  # A diverging run: the message names the last good checkpoint.
     _exit_with_error(str(e), status=1)
   except OSError as e:  # Disk full, I/O: checkpoints are written atomically, so the last complete one is intact.
-    _exit_with_error(f'{type(e).__name__} while writing or reading {workdir}: {e}. The checkpoints in '
-                     f'{os.path.join(workdir, "checkpoints")} are intact: fix the cause and rerun the same command '
-                     'to resume.', status=1)
+    _exit_with_error(_io_failure(e, workdir), status=1)
 
 
 if __name__ == '__main__':

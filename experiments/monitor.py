@@ -19,6 +19,8 @@ from absl import logging
 
 NONFINITE_FIX = ('Lower --config.outer.outer_lr or --config.inner.inner_lr, set --config.outer.grad_clip_norm, '
                  'or pass --config.run.nonfinite=skip to drop non-finite updates and count them.')
+# The skip fraction is checked from this meta-step on, so that one early skip does not stop a run.
+MIN_STEPS_FOR_FRACTION = 20
 
 
 class NonfiniteGuard:
@@ -28,12 +30,16 @@ class NonfiniteGuard:
     mode: 'stop' or 'skip'.
     skipped_steps: number of updates dropped so far (restored from the checkpoint on resume).
     max_skipped: mode 'skip' raises once more than this many updates were dropped (None: no limit).
+    max_skipped_fraction: mode 'skip' raises once more than this fraction of the meta-steps so far were dropped,
+      from meta-step ``MIN_STEPS_FOR_FRACTION`` on (None or 1: no limit).
   """
 
-  def __init__(self, mode: str, skipped_steps: int = 0, max_skipped: int | None = None):
+  def __init__(self, mode: str, skipped_steps: int = 0, max_skipped: int | None = None,
+               max_skipped_fraction: float | None = None):
     self.mode = mode
     self.skipped_steps = int(skipped_steps)
     self.max_skipped = max_skipped
+    self.max_skipped_fraction = max_skipped_fraction
     self._flags: list[jax.Array] = []
     self._first_step: int | None = None
 
@@ -61,14 +67,24 @@ class NonfiniteGuard:
       self.skipped_steps += int(bad.size)
       logging.warning('Skipped %d non-finite update(s) at step(s) %s (%d so far).', bad.size,
                       [first + int(i) for i in bad[:10]], self.skipped_steps)
-      if self.max_skipped is not None and self.skipped_steps > self.max_skipped:
-        raise FloatingPointError(
-            f'{self.skipped_steps} non-finite updates skipped by meta-step {first + int(bad[-1])}, more than '
-            f'--config.run.max_skipped_steps={self.max_skipped}: the run is diverging; {where} (no summary was '
-            f'written). {NONFINITE_FIX.split(", or pass")[0]}.')
+      self._check_limits(first + len(flags) - 1, where)
       return
     raise FloatingPointError(f'Non-finite loss or gradients at meta-step {first + int(bad[0])}; {where} (rerun with '
                              f'the same --workdir to resume from it). {NONFINITE_FIX}')
+
+  def _check_limits(self, step: int, where: str) -> None:
+    """Raises once the skipped updates by meta-step ``step`` pass the count or the fraction limit."""
+    if self.max_skipped is not None and self.skipped_steps > self.max_skipped:
+      limit = f'more than --config.run.max_skipped_steps={self.max_skipped}'
+    elif (self.max_skipped_fraction is not None and step >= MIN_STEPS_FOR_FRACTION
+          and self.skipped_steps > self.max_skipped_fraction * step):
+      limit = (f'{self.skipped_steps / step:.0%} of the {step} so far, more than '
+               f'--config.run.max_skipped_fraction={self.max_skipped_fraction:g}')
+    else:
+      return
+    raise FloatingPointError(
+        f'{self.skipped_steps} non-finite updates skipped by meta-step {step}, {limit}: the run is diverging; '
+        f'{where} (no summary was written). {NONFINITE_FIX.split(", or pass")[0]}.')
 
 
 class EventWriter:

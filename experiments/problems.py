@@ -7,7 +7,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from experiments import rnn_problems
 from experiments.config_check import invalid
@@ -148,11 +147,11 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
                            depth=int(model.conv_depth), num_classes=ways)
 
   def loss_fn(params, images, labels):
-    logits = conv.conv4_apply(params, images, method=method)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return losses.softmax_cross_entropy(conv.conv4_apply(params, images, method=method), labels)
 
   def accuracy_fn(params, images, labels):
-    return jnp.mean((jnp.argmax(conv.conv4_apply(params, images, method=method), -1) == labels).astype(jnp.float32))
+    logits = conv.conv4_apply(params, images, method=method)
+    return jnp.mean((jnp.argmax(logits, -1) == losses.labels_of(labels, logits.ndim)).astype(jnp.float32))
 
   def embed_fn(params, images):
     return conv.conv4_features(params, images, method=method)

@@ -124,7 +124,8 @@ def strokes_problem(config: ml_collections.ConfigDict) -> Problem:
     return logits(variables['params'], inputs)
 
   def accuracy_fn(params, inputs, labels):
-    return jnp.mean(jnp.argmax(logits(params, inputs), axis=-1) == labels)
+    out = logits(params, inputs)
+    return jnp.mean(jnp.argmax(out, axis=-1) == losses.labels_of(labels, out.ndim))
 
   def embed_fn(params, inputs):
     return rnn.final_hidden(params, inputs, cell=cell)

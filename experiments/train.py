@@ -73,7 +73,8 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None)
   state, host_counters, restored = resumed or _restore(exp, workdir, metrics_path)
   state = sharding.replicate(state, exp.mesh)
   guard = monitor.NonfiniteGuard(config.run.nonfinite, host_counters.get('skipped_steps', 0),
-                                 max_skipped=int(config.run.max_skipped_steps))
+                                 max_skipped=int(config.run.max_skipped_steps),
+                                 max_skipped_fraction=float(config.run.max_skipped_fraction))
   events = monitor.EventWriter(os.path.join(workdir, 'tensorboard'), config.run.tensorboard,
                                purge_step=int(state.step) + 1 if restored else None)
   steps_per_call = int(config.run.steps_per_call)
@@ -111,7 +112,8 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None)
             'train_seconds': prior_seconds + time.perf_counter() - train_start,
             'timed_steps': prior_steps + at_step - first_timed, 'segments': timings['segments']}
   last_checkpoint = checkpoint.list_checkpoints(workdir)[-1][1] if restored else None
-  with open(metrics_path if jax.process_index() == 0 else os.devnull, 'a') as log_file:
+  # Unbuffered: a failed write (disk full) raises where it happens, naming the file.
+  with open(metrics_path if jax.process_index() == 0 else os.devnull, 'ab', buffering=0) as log_file:
     while True:
       is_last = step == num_steps
       if step % log_every == 0 or is_last:
@@ -123,8 +125,7 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None)
         host['mask/realised_sparsity'] = exp.sparsity_report(state.meta_params)['realised_sparsity']
         host['outer/skipped_steps'] = guard.skipped_steps
         record = {'step': step, 'steps_per_sec': rate, **host}
-        log_file.write(json.dumps(record) + '\n')
-        log_file.flush()
+        workdir_lib.append_line(log_file, metrics_path, json.dumps(record) + '\n')
         events.write(step, {k: v for k, v in record.items() if k != 'step' and math.isfinite(v)})
         _log_line(exp, step, rate, host)
       if step % checkpoint_every == 0 or is_last:

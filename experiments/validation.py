@@ -10,6 +10,7 @@ against the drawers) are checked where the problem is built (``problems``).
 """
 
 import math
+import os
 
 import ml_collections
 
@@ -151,6 +152,9 @@ def validate_execution_and_run(config: ml_collections.ConfigDict) -> None:
     require(isinstance(run[field], bool), f'run.{field}', run[field], 'must be True or False')
   require(_is_count(run.max_skipped_steps) and run.max_skipped_steps >= 1, 'run.max_skipped_steps',
           run.max_skipped_steps, 'must be an integer >= 1 (a run skipping more non-finite updates stops)')
+  fraction = run.max_skipped_fraction
+  require(not isinstance(fraction, bool) and isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0,
+          'run.max_skipped_fraction', fraction, 'must be a number in [0, 1] (1: no limit on the share skipped)')
   require(all(isinstance(p, str) for p in run.allow_changes), 'run.allow_changes', tuple(run.allow_changes),
           "must be a tuple of dotted config fields, e.g. ('outer.num_outer_steps',)")
   known = config_check.leaf_paths(config)
@@ -181,6 +185,20 @@ def validate_pruning(config: ml_collections.ConfigDict) -> None:
   require(end <= 1.0, 'pruning.gradual_end_fraction', end, 'must be <= 1 (the target is reached inside the budget)')
 
 
+def validate_distill(config: ml_collections.ConfigDict) -> None:
+  """Distillation (``config.distill``): a weight in [0, 1], a positive temperature, a teacher run when used."""
+  distill = config.distill
+  weight = float(distill.weight)
+  require(math.isfinite(weight) and 0.0 <= weight <= 1.0, 'distill.weight', distill.weight,
+          "must be in [0, 1] (the teacher's share of the query targets; 0 disables distillation)")
+  require(math.isfinite(float(distill.temperature)) and float(distill.temperature) > 0, 'distill.temperature',
+          distill.temperature, 'must be a positive number')
+  if weight > 0:
+    require(bool(distill.teacher) and os.path.isfile(os.path.join(distill.teacher, 'config.json')),
+            'distill.teacher', distill.teacher, 'must be a run folder of the same task (it has a config.json): '
+            'train the teacher first, e.g. the dense run with --config.gates.mask=none')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every section's value rules, in the order of the config."""
   validate_task_and_model(config)
@@ -189,3 +207,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
   validate_eval(config)
   validate_execution_and_run(config)
   validate_pruning(config)
+  validate_distill(config)

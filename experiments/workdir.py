@@ -6,9 +6,11 @@ the life of a run; a second launcher fails at once naming the first's process
 and host. ``check_resume(config, workdir)`` compares a checkpointed run's
 ``config.json`` with the new config and refuses any change that would alter the
 numbers unless ``run.allow_changes`` lists it. ``write_atomic`` writes a file as
-a temporary file renamed into place, so a reader never sees half of it.
-``truncate_metrics`` drops log lines after the checkpoint a run resumes from,
-and unreadable (torn) lines with a warning.
+a temporary file renamed into place, so a reader never sees half of it;
+``write_atomic`` and ``append_line`` raise a ``WriteError`` naming the file when
+a write fails (disk full, a file-size limit). ``truncate_metrics`` drops log
+lines after the checkpoint a run resumes from, and unreadable (torn) lines with
+a warning.
 """
 
 import contextlib
@@ -26,7 +28,7 @@ from metaprune_jax import checkpoint
 
 # Fields that never change a run's numbers: a resume may change them freely.
 ALWAYS_ALLOWED = ('run.log_every_steps', 'run.checkpoint_every_steps', 'run.keep_checkpoints', 'run.tensorboard',
-                  'run.allow_changes', 'run.max_skipped_steps')
+                  'run.allow_changes', 'run.max_skipped_steps', 'run.max_skipped_fraction')
 
 
 class WorkdirInUseError(ValueError):
@@ -35,6 +37,19 @@ class WorkdirInUseError(ValueError):
 
 class ResumeMismatchError(ValueError):
   """The workdir's checkpointed run has another config."""
+
+
+class WriteError(OSError):
+  """A write into a run folder failed (disk full, a file-size limit, I/O); the message names the file."""
+
+
+def write_error(path: str, error: OSError) -> OSError:
+  """``error`` as a ``WriteError`` naming ``path``; a missing folder or a permission (the user's to fix) as is."""
+  if isinstance(error, (WriteError, FileNotFoundError, PermissionError)):
+    return error
+  wrapped = WriteError(f'writing {path} failed ({error.strerror or error})')
+  wrapped.errno = error.errno
+  return wrapped
 
 
 @contextlib.contextmanager
@@ -69,7 +84,11 @@ def lock(workdir: str):
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` through a temporary file renamed into place (old or new, never half)."""
+  """Writes ``text`` to ``path`` through a temporary file renamed into place (old or new, never half).
+
+  Raises:
+    WriteError: the write failed (``path`` is untouched; the message names it).
+  """
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     with open(tmp, 'w') as f:
@@ -77,10 +96,29 @@ def write_atomic(path: str, text: str) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    if isinstance(e, OSError) and write_error(path, e) is not e:
+      raise write_error(path, e) from e
     raise
+
+
+def append_line(file, path: str, line: str) -> None:
+  """Appends ``line`` to ``file`` (opened ``'ab', buffering=0``): nothing stays buffered, so a failed write raises
+  here, once, and closing the file cannot raise again.
+
+  Raises:
+    WriteError: naming ``path`` (a partial line may remain: ``truncate_metrics`` drops it on resume).
+  """
+  data = line.encode()
+  try:
+    while data:
+      data = data[file.write(data):]
+  except OSError as e:
+    if write_error(path, e) is e:
+      raise
+    raise write_error(path, e) from e
 
 
 def config_text(config: ml_collections.ConfigDict) -> str:
@@ -88,7 +126,11 @@ def config_text(config: ml_collections.ConfigDict) -> str:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  write_atomic(os.path.join(workdir, 'config.json'), config_text(config))
+  """Writes ``workdir/config.json`` and logs the config (once a run is set up: a user mistake found before stays
+  the last line the launcher prints)."""
+  path = os.path.join(workdir, 'config.json')
+  write_atomic(path, config_text(config))
+  logging.info('Config (%s):\n%s', path, config)
 
 
 def _leaves(text: str) -> dict:

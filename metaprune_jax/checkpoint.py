@@ -18,9 +18,13 @@ checkpoint) without rebuilding its problem: the config and the trained
 meta-parameters as plain arrays, for notebooks and exporters.
 """
 
+import errno
 import json
 import logging
 import os
+import re
+import sys
+import warnings
 from typing import NamedTuple
 
 import flax.serialization
@@ -32,21 +36,56 @@ import orbax.checkpoint as ocp
 from metaprune_jax.meta import step as meta_step
 
 
+class CheckpointWriteError(OSError):
+  """Writing a checkpoint failed (disk full, a file-size limit, I/O); the earlier checkpoints are untouched."""
+
+
 class _OrbaxInfoFilter(logging.Filter):
-  """Drops orbax's INFO / DEBUG records (~20 lines per save); its warnings and errors still show."""
+  """Drops orbax's INFO / DEBUG records (~20 lines per save) and its worker threads' tracebacks (the same error
+  reaches the caller as an exception); its other warnings and errors still show."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    return record.levelno >= logging.WARNING and not record.exc_info
+
+
+def _quiet_closed_loop(unraisable) -> None:
+  """Drops the 'Event loop is closed' errors of tensorstore callbacks that outlive a failed orbax save."""
+  if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == 'Event loop is closed':
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def quiet_orbax_logs() -> None:
-  """Keeps the launcher's log to progress lines: filters orbax's INFO records from the ``absl`` logger.
+  """Keeps the launcher's log to progress lines and its errors to one line.
 
-  Idempotent; called by ``experiments.maml_prune`` (not on import, so a notebook keeps its own logging).
+  Filters orbax's INFO records and tracebacks from the ``absl`` logger, and the ~25 'Event loop is closed'
+  tracebacks (``sys.unraisablehook``) and 'never awaited' warnings of a failed save. Idempotent; called by
+  ``experiments.maml_prune`` (not on import, so a notebook keeps its own logging).
   """
   logger = logging.getLogger('absl')
   if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
     logger.addFilter(_OrbaxInfoFilter())
+  if sys.unraisablehook is not _quiet_closed_loop:
+    sys.unraisablehook = _quiet_closed_loop
+  # The writes a failed save abandoned, reported at exit after the launcher's error line.
+  warnings.filterwarnings('ignore', message=r'coroutine .* was never awaited', category=RuntimeWarning)
+
+
+def short_error(error: BaseException, limit: int = 300) -> str:
+  """``'Type: message'`` of an orbax / tensorstore error without its tensorstore spec, at most about ``limit``
+  chars (its start and its end, where tensorstore puts the cause)."""
+  text = re.sub(r"\s*\[tensorstore_spec='.*'\]", '', str(error), flags=re.DOTALL)
+  text = f'{type(error).__name__}: {text}'
+  return text if len(text) <= limit else f'{text[:limit * 2 // 3]} ... {text[-(limit // 3):]}'
+
+
+def _errno(error: BaseException) -> int | None:
+  """The errno of an ``OSError``, or of a full disk or a file-size limit named in tensorstore's message."""
+  if getattr(error, 'errno', None) is not None:
+    return error.errno
+  return next((code for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) if os.strerror(code) in str(error)), None)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -85,13 +124,24 @@ def list_checkpoints(workdir: str) -> list[tuple[int, str]]:
 
 
 def save(state: meta_step.MetaState, workdir: str, *, keep: int = 3, host: dict | None = None) -> str:
-  """Writes ``state`` (and the JSON dict ``host``) atomically at ``state.step``; keeps the newest ``keep``."""
+  """Writes ``state`` (and the JSON dict ``host``) atomically at ``state.step``; keeps the newest ``keep``.
+
+  Raises:
+    CheckpointWriteError: a write failed (orbax raises ``OSError`` or tensorstore's ``ValueError``); the message
+      names the checkpoint. The partial directory is ignored and cleaned up by the next save.
+  """
   step = int(state.step)
-  with _manager(workdir, keep) as manager:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(state)),
-                                               host=ocp.args.JsonSave(dict(host or {}))), force=True)
-    manager.wait_until_finished()
-  return os.path.join(checkpoint_dir(workdir), str(step))
+  path = os.path.join(checkpoint_dir(workdir), str(step))
+  try:
+    with _manager(workdir, keep) as manager:
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(state)),
+                                                 host=ocp.args.JsonSave(dict(host or {}))), force=True)
+      manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    error = CheckpointWriteError(f'writing checkpoint {path} failed ({short_error(e)})')
+    error.errno = _errno(e)
+    raise error from e
+  return path
 
 
 def _check_compatible(expected: dict, stored, path: str, fix: str) -> None:
@@ -116,7 +166,7 @@ def restore(template: meta_step.MetaState, workdir: str, step: int) -> tuple[met
       stored = manager.item_metadata(step)['state']
       stored_tree = stored.tree if hasattr(stored, 'tree') else stored
     except Exception as e:  # Orbax raises several unrelated types on a damaged directory.
-      raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). {fix}') from e
+      raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({short_error(e)}). {fix}') from e
     if stored_tree is None:
       raise ValueError(f'Checkpoint {path} is corrupt or unreadable (no state metadata). {fix}')
     _check_compatible(expected, stored_tree, path, 'The checkpoint is intact: rerun with the config that wrote it, '
@@ -125,7 +175,7 @@ def restore(template: meta_step.MetaState, workdir: str, step: int) -> tuple[met
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(expected),
                                                                host=ocp.args.JsonRestore()))
     except Exception as e:
-      raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). {fix}') from e
+      raise ValueError(f'Checkpoint {path} is corrupt or unreadable ({short_error(e)}). {fix}') from e
   state = flax.serialization.from_state_dict(template._replace(key=jax.random.key_data(template.key)),
                                              restored['state'])
   return state._replace(key=jax.random.wrap_key_data(state.key)), dict(restored['host'] or {})
@@ -185,7 +235,7 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     try:
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     except Exception as e:  # Orbax raises several unrelated types on a damaged directory.
-      raise ValueError(f'Checkpoint {found[step]} is corrupt or unreadable ({type(e).__name__}: {e}).') from e
+      raise ValueError(f'Checkpoint {found[step]} is corrupt or unreadable ({short_error(e)}).') from e
   state = restored['state']
   meta_params = dict(state['meta_params'])
   meta_params.setdefault('gate_logits', None)  # A dense run stores no gate-logit arrays.

@@ -1,8 +1,8 @@
 """Shared config sections: one function per section, composed and overridden by the task configs.
 
 A task config is ``seed``, ``algorithm`` and the sections ``task``, ``model``,
-``outer``, ``inner``, ``gates``, ``sparsity``, ``eval``, ``execution``, ``run``
-and ``pruning`` (plus ``frontier`` in ``frontier_*.py``). Every function here
+``outer``, ``inner``, ``gates``, ``sparsity``, ``eval``, ``execution``, ``run``,
+``pruning`` and ``distill`` (plus ``frontier`` in ``frontier_*.py``). Every function here
 returns a fresh ``ConfigDict`` with the defaults; keyword arguments override
 them (an unknown keyword is an error, so a typo cannot add a field)::
 
@@ -129,7 +129,8 @@ def run(**overrides) -> ml_collections.ConfigDict:
       distributed=False,       # jax.distributed.initialize() first (multi-host).
       nonfinite='stop',        # Non-finite loss/gradients: 'stop' the run or 'skip' the update.
       steps_per_call=1,        # Meta-steps per jitted call (a lax.scan; 1 near log / checkpoint lines).
-      max_skipped_steps=100,   # nonfinite='skip': stop the run once more updates than this were skipped (>= 1).
+      max_skipped_steps=100,   # nonfinite='skip': stop the run once more updates than this were skipped (>= 1) ...
+      max_skipped_fraction=0.5,  # ... or more than this fraction of the steps so far (from step 20 on; 1: no limit).
       # Dotted fields a resume may change, e.g. ('outer.num_outer_steps',) to extend a run; any other change of a
       # checkpointed run's config is refused (log / checkpoint / tensorboard fields are always allowed).
       allow_changes=(),
@@ -151,6 +152,15 @@ def pruning(**overrides) -> ml_collections.ConfigDict:
   ), overrides, 'pruning')
 
 
+def distill(**overrides) -> ml_collections.ConfigDict:
+  """Knowledge distillation from a meta-trained teacher run (``metaprune_jax/meta/distill.py``)."""
+  return section(dict(
+      weight=0.0,         # The teacher's weight in the query targets; 0 disables distillation.
+      teacher='',         # A run folder (experiments.maml_prune --workdir) of the same task: the teacher.
+      temperature=1.0,    # Softmax temperature of a classification teacher's logits.
+  ), overrides, 'distill')
+
+
 def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *, seed: int = 0,
            algorithm: str = 'maml', **sections) -> ml_collections.ConfigDict:
   """A whole config: ``task`` and ``model`` plus every shared section (``sections`` replace the defaults).
@@ -160,9 +170,11 @@ def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *,
     model: the model section.
     seed: the run's seed.
     algorithm: maml, fomaml, anil, metasgd, reptile or protonet.
-    **sections: ``outer``, ``inner``, ``gates``, ``sparsity``, ``eval``, ``execution``, ``run``, ``pruning``.
+    **sections: ``outer``, ``inner``, ``gates``, ``sparsity``, ``eval``, ``execution``, ``run``, ``pruning``,
+      ``distill``.
   """
-  unknown = sorted(set(sections) - {'outer', 'inner', 'gates', 'sparsity', 'eval', 'execution', 'run', 'pruning'})
+  unknown = sorted(set(sections) - {'outer', 'inner', 'gates', 'sparsity', 'eval', 'execution', 'run', 'pruning',
+                                    'distill'})
   if unknown:
     raise KeyError(f'base.config() has no section(s) {unknown}.')
   result = ml_collections.ConfigDict()
@@ -178,4 +190,5 @@ def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *,
   result.execution = sections['execution'] if 'execution' in sections else execution()
   result.run = sections['run'] if 'run' in sections else run()
   result.pruning = sections['pruning'] if 'pruning' in sections else pruning()
+  result.distill = sections['distill'] if 'distill' in sections else distill()
   return result

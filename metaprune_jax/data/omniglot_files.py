@@ -16,7 +16,10 @@ extracted folder itself (``data_dir/<alphabet>/<character>/*.png``). A
 character (alphabet, character folder) found in several sources is kept once:
 small1 + small2 share Greek and Latin, so the two give 8 alphabets and 242
 characters x 20 drawers (small1: 5 alphabets / 136 characters, small2: 5 /
-156, 50 shared). Images are preprocessed by ``omniglot.preprocess_image``.
+156, 50 shared). Images are preprocessed by ``omniglot.preprocess_image``. A
+file that is not an image, or far larger than Omniglot's 105 x 105 PNGs (over
+1024 pixels a side, read from its header before decoding, or over 8 MB), raises
+a ``ValueError`` naming it.
 """
 
 import collections
@@ -27,6 +30,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 from typing import NamedTuple, Optional, Sequence
@@ -34,10 +38,14 @@ from typing import NamedTuple, Optional, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 from metaprune_jax.data import omniglot
 
 _CACHE_FORMAT = 1
+# Omniglot PNGs are 105 x 105 pixels, about 1 KB: a file or image far beyond these is damaged or foreign.
+_MAX_IMAGE_BYTES = 8 << 20
+_MAX_IMAGE_SIDE = 1024
 
 
 class _Source(NamedTuple):
@@ -157,6 +165,35 @@ def _fingerprint(srcs, rows, image_size, max_characters_per_alphabet) -> str:
   return digest.hexdigest()
 
 
+def _check_file_size(num_bytes: int) -> None:
+  if num_bytes > _MAX_IMAGE_BYTES:
+    raise ValueError(f'{num_bytes} bytes, far larger than an Omniglot PNG (about 1 KB)')
+
+
+def _decode_image(data: bytes, image_size: int) -> np.ndarray:
+  """One PNG's bytes -> ``[image_size, image_size, 1]`` uint8 (``omniglot.preprocess_image``).
+
+  An image far larger than Omniglot's 105 x 105 is refused from its header, before decoding (a damaged or foreign
+  file must not exhaust memory).
+
+  Raises:
+    ValueError: the bytes are not an image, or the image has a side over ``_MAX_IMAGE_SIDE`` pixels.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', Image.DecompressionBombWarning)
+    try:
+      image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+      raise ValueError(f'far larger than an Omniglot image (105x105): {e}') from None
+    except UnidentifiedImageError:
+      raise ValueError('not an image file') from None
+  with image:
+    width, height = image.size
+    if max(width, height) > _MAX_IMAGE_SIDE:
+      raise ValueError(f'{width}x{height} pixels, far larger than an Omniglot image (105x105)')
+    return omniglot.preprocess_image(image, image_size)
+
+
 def _decode_classes(srcs: list[_Source], rows: list[tuple], image_size: int) -> np.ndarray:
   """Decodes the selected characters -> ``[classes, drawers, S, S, 1]`` uint8."""
   archives = {}
@@ -170,12 +207,15 @@ def _decode_classes(srcs: list[_Source], rows: list[tuple], image_size: int) -> 
           if src.is_zip:
             if src.path not in archives:
               archives[src.path] = zipfile.ZipFile(src.path)
+            _check_file_size(archives[src.path].getinfo(name).file_size)
             data = archives[src.path].read(name)
           else:
+            _check_file_size(os.path.getsize(name))
             with open(name, 'rb') as f:
               data = f.read()
-          with Image.open(io.BytesIO(data)) as image:
-            pixels = omniglot.preprocess_image(image, image_size)
+          pixels = _decode_image(data, image_size)
+        except PermissionError:
+          raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
           raise ValueError(f'Cannot read Omniglot image {where} ({e}); re-download or re-extract it.') from e
         if out is None:

@@ -34,7 +34,8 @@ Preprocessing (``drawing_to_sequence``):
 
 The decoded array is cached as an ``.npz`` whose name and stored key hash the
 format version, ``num_points`` and the archives' names, sizes and mtimes; a
-cache whose stored key differs is ignored and rewritten.
+cache whose stored key differs is ignored and rewritten. A truncated or corrupt
+archive (or drawing) raises a ``ValueError`` naming the zip (and the member).
 """
 
 import hashlib
@@ -43,6 +44,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -154,22 +156,42 @@ def _archive_paths(data_dir: str) -> list[str]:
   return paths
 
 
-def _decode(paths: list[str], num_points: int) -> Strokes:
-  drawings: dict[str, dict[int, np.ndarray]] = {}
-  seen_alphabets: set[str] = set()
-  for path in paths:
+def _decode_archive(path: str, num_points: int, skip_alphabets: set[str],
+                    drawings: dict[str, dict[int, np.ndarray]]) -> set[str]:
+  """Adds the drawings of the archive ``path`` (alphabets not in ``skip_alphabets``) to ``drawings``; returns the
+  archive's alphabets.
+
+  Raises:
+    ValueError: the archive is truncated or corrupt, or a drawing is malformed (the message names the file).
+  """
+  member = None
+  try:
     with zipfile.ZipFile(path) as archive:
       members = [m for m in archive.namelist()
                  if not m.startswith('__MACOSX/') and _DRAWING_RE.match(m)]
       alphabets = {_DRAWING_RE.match(m).group(1) for m in members}
       for member in sorted(members):
         alphabet, character, drawer = _DRAWING_RE.match(member).groups()
-        if alphabet in seen_alphabets:  # Duplicate alphabet from an earlier archive.
+        if alphabet in skip_alphabets:  # Duplicate alphabet from an earlier archive.
           continue
         strokes = parse_strokes_text(archive.read(member).decode('ascii'))
         drawings.setdefault(f'{alphabet}/{character}', {})[int(drawer)] = (
             drawing_to_sequence(strokes, num_points))
-      seen_alphabets |= alphabets
+  except PermissionError:
+    raise
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+    where = path if member is None else f'{path}:{member}'
+    raise ValueError(f'Cannot read the Omniglot strokes archive {where} ({type(e).__name__}: {e}): it is truncated '
+                     f'or corrupt. Download {os.path.basename(path)} again (github.com/brendenlake/omniglot, folder '
+                     'python/) into --config.task.data_dir.') from e
+  return alphabets
+
+
+def _decode(paths: list[str], num_points: int) -> Strokes:
+  drawings: dict[str, dict[int, np.ndarray]] = {}
+  seen_alphabets: set[str] = set()
+  for path in paths:
+    seen_alphabets |= _decode_archive(path, num_points, seen_alphabets, drawings)
   names = tuple(sorted(drawings))
   drawer_sets = {tuple(sorted(drawings[n])) for n in names}
   if len(drawer_sets) != 1:

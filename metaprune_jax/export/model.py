@@ -9,7 +9,8 @@ uses them::
    'last_only': True, 'expand_output': False,   # lstm / gru (sequence forecasting adds a trailing axis)
    'learner': 'maml' | 'fomaml' | 'anil' | 'meta_sgd' | 'reptile' | 'protonet',
    'loss': 'mse' | 'cross_entropy',
-   'inner_lr': 0.01, 'num_inner_steps': 10, 'adapt_keys': None | ['head']}
+   'inner_lr': 0.01, 'num_inner_steps': 10, 'adapt_keys': None | ['head'],
+   'conv_method': 'conv'}            # optional: 'patches' where per-task adapted weights run under vmap
 
 ``load_compact(DIR)`` returns an ``ExportedModel`` whose ``apply(params,
 inputs)`` is the network (a prototypical network's is the embedding) and whose
@@ -112,7 +113,8 @@ def apply_fn(spec: dict) -> Callable:
   if arch == 'mlp':
     return functools.partial(forward.mlp_apply, activation=spec.get('activation', 'relu'))
   if arch == 'conv4':
-    return forward.conv4_apply if adapts(spec) else forward.conv4_features
+    net = forward.conv4_apply if adapts(spec) else forward.conv4_features
+    return functools.partial(net, method=spec.get('conv_method', 'conv'))
 
   def rnn_apply(params, inputs):
     out = rnn.rnn_apply(params, inputs, cell=arch, last_only=bool(spec.get('last_only', True)))
@@ -138,8 +140,11 @@ def predict_fn(spec: dict, params, masks, inner_lrs=None) -> Callable:
   keys = spec.get('adapt_keys') or list(params)
   lr_tree = inner_lrs if inner_lrs is not None else jax.tree.map(lambda _: float(spec['inner_lr']), params)
   # The masked model adapts w = params * m with step inner_lr * m**2; m is 0/1 here.
-  step = {k: jax.tree.map(lambda lr, m: lr if m is None else lr * m, lr_tree[k], masks.get(k, {}),
-                          is_leaf=lambda x: x is None) for k in keys}
+  step = {}
+  for k in keys:
+    leaf_masks = (masks or {}).get(k)
+    step[k] = lr_tree[k] if leaf_masks is None else jax.tree.map(
+        lambda lr, m: lr if m is None else lr * m, lr_tree[k], leaf_masks, is_leaf=lambda x: x is None)
 
   def adapted(support_inputs, support_targets, query_inputs):
     def support_loss(fast):

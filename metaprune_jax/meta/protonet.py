@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from metaprune_jax import losses
 from metaprune_jax.meta import adapt
 from metaprune_jax.meta import learner as learner_lib
 from metaprune_jax.meta.settings import Execution
@@ -52,8 +52,9 @@ def protonet(embed_fn: Callable, *, execution: Execution = Execution()) -> learn
     params = adapt.masked_params(meta_params, noise, gate_mode, settings.hc, fixed_masks)
     logits = prototype_logits(embed_fn(params, task.support_inputs), task.support_targets,
                               embed_fn(params, task.query_inputs))
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, task.query_targets))
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == task.query_targets).astype(jnp.float32))
+    loss = losses.softmax_cross_entropy(logits, task.query_targets)  # Labels, or distillation's distributions.
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == losses.labels_of(task.query_targets, logits.ndim)).astype(
+        jnp.float32))
     return loss, accuracy
 
   def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):

@@ -1,5 +1,6 @@
 """Fault injection on a workdir: resume with another config, two launchers, torn metrics and summaries,
-a diverging run past its skip limit, a read-only run folder; each asserts that nothing already written is lost."""
+a diverging run past its skip limits (a count and a fraction), a read-only run folder; each asserts that nothing
+already written is lost. Failing writes, damaged checkpoints and data through the launcher: test_launcher_faults.py."""
 
 import json
 import logging
@@ -9,8 +10,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from experiments import build
+from experiments import monitor
 from experiments import sweep
 from experiments import train
 from experiments import workdir as workdir_lib
@@ -189,6 +193,39 @@ def test_skip_limit_stops_a_diverging_run_naming_the_last_checkpoint(tmp_path):
     train.run(config, str(tmp_path))
   assert not (tmp_path / 'summary.json').exists()  # Not "finished" for a sweep.
   assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [5]
+
+
+def test_skip_fraction_stops_a_run_skipping_most_of_its_updates(tmp_path):
+  config = _config(**{'outer.num_outer_steps': 30, 'outer.outer_lr': 1e30, 'run.nonfinite': 'skip',
+                      'run.max_skipped_steps': 1000, 'run.max_skipped_fraction': 0.5})
+  with pytest.raises(FloatingPointError, match=r'non-finite updates skipped by meta-step 20, \d+% of the 20 so far, '
+                                               r'more than --config.run.max_skipped_fraction=0.5.*'
+                                               f'last good checkpoint is {tmp_path}/checkpoints/15 '):
+    train.run(config, str(tmp_path))
+  assert not (tmp_path / 'summary.json').exists()  # Not "finished" for a sweep.
+  assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [5, 10, 15]
+
+
+def test_skip_fraction_counts_from_step_20_and_stops_past_the_fraction():
+  guard = monitor.NonfiniteGuard('skip', max_skipped=100, max_skipped_fraction=0.5)
+
+  def check(first, flags):
+    for i, flag in enumerate(flags):
+      guard.record(first + i, {'outer/nonfinite': np.float32(flag)})
+    guard.check('W/checkpoints/5')
+  check(1, [1] * 5)  # 5 of 5 skipped: an early burst before step 20 does not stop the run ...
+  check(6, [0] * 15)  # ... 5 of 20.
+  check(21, [1] * 10)  # 15 of 30: not past half of the steps so far.
+  with pytest.raises(FloatingPointError, match=r'16 non-finite updates skipped by meta-step 31, 52% of the 31 .*'
+                                               r'max_skipped_fraction=0.5: .*last good checkpoint is W/checkpoints/5'):
+    check(31, [1])
+  assert guard.skipped_steps == 16
+
+
+@pytest.mark.parametrize('value', [-0.1, 1.5, float('nan')])
+def test_skip_fraction_outside_0_1_is_refused_naming_the_flag(value):
+  with pytest.raises(ValueError, match=r'--config.run.max_skipped_fraction.*in \[0, 1\]'):
+    build.check(_config(**{'run.max_skipped_fraction': value}))
 
 
 def test_evaluate_decides_its_output_before_the_work(tmp_path, monkeypatch):
