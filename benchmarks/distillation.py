@@ -1,0 +1,109 @@
+r"""Does distilling a dense teacher help a sparse student? Paired per-task comparison, per seed.
+
+For each seed: a dense teacher run (``gates.mask='none'``), then at each
+sparsity two students with the same recipe, seed and held-out tasks: without
+distillation and with ``--weight`` (``config.distill``). The students' per-task
+post-adaptation losses (and accuracies for classification) on the held-out
+tasks are compared pairwise (same tasks): the mean difference
+``distilled - plain`` and its 95% CI, per seed (not pooled across seeds).
+Runs already finished in ``--workdir`` are reused (rerunning resumes).
+
+Run::
+
+  python -m benchmarks.distillation --task=sinusoid --config=experiments/configs/frontier_sinusoid.py \
+      --workdir=runs/distill_sinusoid --sparsities=0.9,0.95 --seeds=0,1,2 --weight=0.5
+"""
+
+import json
+import os
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from experiments import build
+from experiments import config_check
+from experiments import evaluation
+from experiments import train
+from metaprune_jax.meta import evaluate as evaluate_lib
+
+
+def _config(path: str, task: str, seed: int, overrides: dict):
+  config = config_check.load_config_file(path)
+  assert config.task.name == task, f'{path} is a {config.task.name} config, not {task}'
+  config.seed = seed
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def _train(config, workdir: str) -> None:
+  if not os.path.isfile(os.path.join(workdir, 'summary.json')):
+    train.run(config, workdir)
+
+
+def per_task(workdir: str) -> dict[int, np.ndarray]:
+  """``{shots: [tasks, steps + 1]}`` post-adaptation query losses of the sparse model on the held-out tasks."""
+  exp, state = build.load(workdir)
+  return evaluation.held_out_traces(exp.config, exp.problem, exp.eval_learner, exp.eval_settings,
+                                    state.meta_params, gate_mode='deterministic')
+
+
+def paired(plain: np.ndarray, distilled: np.ndarray) -> dict:
+  """Means +- 95% CIs of two per-task arrays over the same tasks and of their difference."""
+  diff = distilled - plain
+  summary = lambda v: {'mean': float(np.mean(v)), 'ci95': evaluate_lib.confidence_interval_95(v)}  # noqa: E731
+  return {'plain': summary(plain), 'distilled': summary(distilled), 'difference': summary(diff),
+          'separated': bool(abs(np.mean(diff)) > evaluate_lib.confidence_interval_95(diff))}
+
+
+def run(*, task: str, config_path: str, workdir: str, sparsities, seeds, weight: float, steps=None) -> dict:
+  results = {'task': task, 'config': config_path, 'weight': weight, 'seeds': list(seeds), 'comparisons': []}
+  for seed in seeds:
+    teacher = os.path.join(workdir, f'seed{seed}', 'teacher')
+    _train(_config(config_path, task, seed, {'gates.mask': 'none', **({'outer.num_outer_steps': steps}
+                                                                       if steps else {})}), teacher)
+    for sparsity in sparsities:
+      runs = {}
+      for name, distill in (('plain', {}), ('distilled', {'distill.weight': weight, 'distill.teacher': teacher})):
+        runs[name] = os.path.join(workdir, f'seed{seed}', f'{name}_{sparsity}')
+        overrides = {'gates.mask': 'hard_concrete', 'sparsity.target_sparsity': sparsity, **distill,
+                     **({'outer.num_outer_steps': steps} if steps else {})}
+        _train(_config(config_path, task, seed, overrides), runs[name])
+      plain, distilled = per_task(runs['plain']), per_task(runs['distilled'])
+      config = build.load(runs['plain'])[0].config
+      for shots in plain:
+        for step in config.eval.steps:
+          results['comparisons'].append({
+              'seed': seed, 'sparsity': sparsity, 'shots': shots, 'inner_step': int(step),
+              'num_tasks': int(plain[shots].shape[0]), 'metric': 'query loss',
+              **paired(plain[shots][:, int(step)], distilled[shots][:, int(step)])})
+  return results
+
+
+_TASK = flags.DEFINE_string('task', 'sinusoid', 'Task name (must match the config).')
+_CONFIG = flags.DEFINE_string('config', 'experiments/configs/frontier_sinusoid.py', 'Recipe config file.')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/distill_sinusoid', 'Folder of the runs.')
+_SPARSITIES = flags.DEFINE_list('sparsities', ['0.9', '0.95'], 'Target sparsities.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds.')
+_WEIGHT = flags.DEFINE_float('weight', 0.5, "The teacher's weight (config.distill.weight).")
+_STEPS = flags.DEFINE_integer('steps', 0, 'Meta-steps per run (0: the config).')
+
+
+def main(argv):
+  del argv
+  results = run(task=_TASK.value, config_path=_CONFIG.value, workdir=_WORKDIR.value,
+                sparsities=[float(s) for s in _SPARSITIES.value], seeds=[int(s) for s in _SEEDS.value],
+                weight=_WEIGHT.value, steps=_STEPS.value or None)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  with open(os.path.join(_WORKDIR.value, 'distillation.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  print(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)
