@@ -128,3 +128,17 @@ def test_a_dense_run_is_refused(tmp_path):
 def test_loading_a_run_folder_as_an_export_says_so(sparse_sinusoid_run):
   with pytest.raises(ValueError, match='export it first'):
     model_lib.load_compact(sparse_sinusoid_run)
+
+
+@pytest.mark.parametrize('granularity', ['hidden_unit', 'weight+hidden_unit'])
+def test_sequence_lstm_with_hidden_unit_gates_exports_exactly(tmp_path, granularity):
+  from tests.experiments import test_rnn_problems  # pylint: disable=import-outside-toplevel
+  config = test_rnn_problems._tiny_sequence({  # pylint: disable=protected-access
+      'gates.granularity': granularity, 'sparsity.target_sparsity': 0.5, 'sparsity.harden_at_fraction': 0.5,
+      'eval.num_tasks': 8})
+  train.run(config, str(tmp_path / 'run'))
+  document = export.export_run(str(tmp_path / 'run'), str(tmp_path / 'out'), num_check_tasks=8)
+  assert document['max_abs_output_diff'] <= 1e-5
+  assert document['layer_shapes']['after']['recurrent_kernel'][0] < 6  # Closed hidden units are gone.
+  held = document['held_out']
+  assert held['exported']['mean'] == pytest.approx(held['masked']['mean'], rel=1e-4)
