@@ -1,13 +1,17 @@
 """metaprune_jax: meta-learned pruning in JAX/Flax.
 
 Public API, one name per line: the learners, the gate sources, hardening,
-sparsity accounting, the meta-step and its wrappers, and loading a trained run.
+sparsity accounting, the meta-step and its wrappers, distillation, loading a trained run, and exporting a
+pruned model as a compact one (``export_compact`` / ``load_compact``).
 Modules stay importable directly (``from metaprune_jax.pruning import select``)
 for everything else.
 """
 
 from metaprune_jax.checkpoint import TrainedRun
 from metaprune_jax.checkpoint import load_run
+from metaprune_jax.export.model import ExportedModel
+from metaprune_jax.export.model import export_compact
+from metaprune_jax.export.model import load_compact
 from metaprune_jax.losses import cross_entropy_loss
 from metaprune_jax.losses import mse_loss
 from metaprune_jax.masks.hard_concrete import HardConcrete
@@ -24,6 +28,7 @@ from metaprune_jax.masks.sparsity import expected_density
 from metaprune_jax.masks.sparsity import expected_l0
 from metaprune_jax.masks.sparsity import nonzero_params
 from metaprune_jax.masks.sparsity import realised_sparsity
+from metaprune_jax.meta.distill import distilled_sampler
 from metaprune_jax.meta.evaluate import learner_traces
 from metaprune_jax.meta.evaluate import summarise
 from metaprune_jax.meta.gate_source import GateSource
@@ -52,10 +57,10 @@ from metaprune_jax.tasks.sinusoid import sample_sinusoid_tasks
 from metaprune_jax.types import TaskBatch
 
 __all__ = [
-    'Execution', 'GateSource', 'HardConcrete', 'InnerSettings', 'L0Objective', 'LEARNERS', 'Learner', 'MLP',
+    'Execution', 'ExportedModel', 'GateSource', 'HardConcrete', 'InnerSettings', 'L0Objective', 'LEARNERS', 'Learner', 'MLP',
     'MetaState', 'TaskBatch', 'TrainedRun', 'adapt', 'anil', 'apply_masks', 'compile_step', 'count_params',
-    'cross_entropy_loss', 'deterministic_gates', 'expected_density', 'expected_l0', 'fomaml', 'gates_from_noise',
-    'get_learner', 'harden', 'init_gate_logits', 'init_meta_state', 'learner_traces', 'load_run',
+    'cross_entropy_loss', 'deterministic_gates', 'distilled_sampler', 'expected_density', 'expected_l0', 'export_compact', 'fomaml', 'gates_from_noise',
+    'get_learner', 'harden', 'init_gate_logits', 'init_meta_state', 'learner_traces', 'load_compact', 'load_run',
     'make_meta_step', 'maml', 'meta_pruner_gates', 'meta_sgd', 'mse_loss', 'no_gates', 'nonzero_params', 'outer_optimizer',
     'prob_nonzero', 'protonet', 'realised_sparsity', 'reptile', 'sample_gates', 'sample_sinusoid_tasks',
     'shared_gates', 'summarise',
