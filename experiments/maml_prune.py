@@ -17,12 +17,14 @@ import errno
 import os
 import sys
 
+import jax
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from metaprune_jax import checkpoint
 from experiments import build
+from experiments import compilation_cache
 from experiments import config_check
 from experiments import problems
 from experiments import train
@@ -106,6 +108,7 @@ def main(argv):
     _exit_with_error(str(e))
   checkpoint.quiet_orbax_logs()
   _initialize_distributed(config.run.distributed)  # Before any other JAX call.
+  compilation_cache.enable()
   workdir = FLAGS.workdir or os.path.join('runs', f'{config.task.name}_seed{config.seed}')
   try:  # train.run logs the config once the run is set up (after the data, the lock, the resume check).
     train.run(config, workdir)
@@ -118,6 +121,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  jax.config.config_with_absl()  # --jax_* flags (e.g. --jax_compilation_cache_dir, --jax_platforms) work here.
   _TASK = precheck(sys.argv)
   config_flags.DEFINE_config_file('config', _config_path(_TASK),
                                   'Config file; defaults to experiments/configs/<task>.py.', lock_config=True)

@@ -23,6 +23,7 @@ from metaprune_jax import checkpoint
 from experiments import mask_analysis
 from experiments import monitor
 from experiments import plots
+from experiments import provenance
 from experiments import report
 from experiments import workdir as workdir_lib
 from metaprune_jax.masks import hard_concrete
@@ -156,6 +157,7 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
       'diverged': 'query loss non-finite, > divergence_threshold, or > divergence_ratio x its loss before adapting',
       'sparsity': exp.sparsity_report(state.meta_params),
       'timings': {**timings, 'eval_seconds': time.perf_counter() - t0},
+      'provenance': provenance.provenance(),
       'eval': results,
   }
   if config.gates.mask == 'meta_pruner':  # Task-conditioned masks: per-task sparsity, distances, cost.
