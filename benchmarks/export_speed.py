@@ -2,9 +2,11 @@ r"""Inference latency of a run's dense, masked and exported (compact float / int
 
 For the run in ``--workdir`` and its exports (``python -m experiments.export``):
 
-* ``dense``: the run's network on its full-size weights, no masks;
-* ``masked``: the same network with the deterministic gates multiplied in per
-  call (what the training code runs: pruning saves nothing);
+* ``dense``: the export's forward pass (``metaprune_jax.export.forward``) on the
+  run's full-size weights, no masks: the same operations as the export, so the
+  ratio isolates what removing units saves;
+* ``masked``: the training code's network with the deterministic gates
+  multiplied in per call (pruning saves nothing there);
 * ``export`` / ``export_int8``: ``load_compact(DIR).apply`` on the compact
   arrays (int8 exports are dequantized at load and run in float32: on XLA:CPU
   int8 matmuls are not faster end to end, see ``benchmarks/int8_matmul.py``).
@@ -73,6 +75,40 @@ def _timed(fn, x, calls: int) -> float:
   return (time.perf_counter() - start) / calls
 
 
+def conv4_blocks(params, images, method: str = 'conv') -> list[tuple[str, object, jax.Array]]:
+  """``(name, jitted fn, its input)`` for each Conv-4 block's convolution and its norm / ReLU / pool."""
+  from metaprune_jax.export import forward  # pylint: disable=import-outside-toplevel
+  from metaprune_jax.nets import conv  # pylint: disable=import-outside-toplevel
+  blocks, x, i = [], images, 0
+  while f'conv_{i}' in params:
+    layer, norm = params[f'conv_{i}'], params[f'norm_{i}']
+    conv_fn = jax.jit(lambda x, k=layer['kernel']: conv.conv2d(x, k, method=method))
+    blocks.append((f'conv_{i}', conv_fn, x))
+    y = conv_fn(x)
+    if layer.get('border_bias') is not None:
+      y = y + forward.expand_border(layer['border_bias'], y.shape[1], y.shape[2])
+    pool_fn = jax.jit(lambda y, s=norm['scale'], o=norm['offset']: forward.norm_relu_pool(y, s, o))
+    blocks.append((f'norm_relu_pool_{i}', pool_fn, y))
+    x = pool_fn(y)
+    i += 1
+  return blocks
+
+
+def per_block(models: dict, images, repeats: int, calls: int) -> dict:
+  """Median milliseconds of each Conv-4 block of each ``{name: params}``, interleaved."""
+  blocks = {name: conv4_blocks(params, images) for name, params in models.items()}
+  samples = {(name, block): [] for name, bl in blocks.items() for block, _, _ in bl}
+  for name, bl in blocks.items():
+    for _, fn, x in bl:
+      jax.block_until_ready(fn(x))
+  for _ in range(repeats):
+    for name, bl in blocks.items():
+      for block, fn, x in bl:
+        samples[(name, block)].append(_timed(fn, x, calls))
+  return {name: {block: statistics.median(samples[(name, block)]) * 1e3 for block, _, _ in bl}
+          for name, bl in blocks.items()}
+
+
 def run(workdir: str, exports: dict[str, str], *, batches=(1, 600), repeats: int = 7, calls: int = 20) -> dict:
   """The benchmark as a dict (module docstring); ``exports`` maps a model name to an export folder."""
   exp, state = build.load(workdir)
@@ -81,7 +117,8 @@ def run(workdir: str, exports: dict[str, str], *, batches=(1, 600), repeats: int
   loaded = {name: model_lib.load_compact(folder) for name, folder in exports.items()}
   spec = next(iter(loaded.values())).spec
   network = exp.problem.embed_fn if not model_lib.adapts(spec) else exp.problem.apply_fn
-  models = {'dense': jax.jit(lambda x: network(params, x)),
+  export_forward = model_lib.apply_fn(spec)
+  models = {'dense': jax.jit(lambda x: export_forward(params, x)),
             'masked': jax.jit(lambda x: network(masking.apply_masks(params, masks), x))}
   for name, model in loaded.items():
     models[name] = jax.jit(lambda x, m=model: m.apply(m.params, x))
@@ -108,6 +145,9 @@ def run(workdir: str, exports: dict[str, str], *, batches=(1, 600), repeats: int
     medians = {name: statistics.median(samples[(name, b)]) * 1e6 for name in models}
     result['batches'][str(b)] = {'median_us': medians,
                                  'ratio_to_dense': {name: medians[name] / medians['dense'] for name in models}}
+  if spec['arch'] == 'conv4':  # Where the time goes, block by block, at the largest batch.
+    result['per_block_ms'] = per_block({'dense': params, **{name: m.params for name, m in loaded.items()}},
+                                       inputs[max(batches)], repeats, max(1, calls // 4))
   return result
 
 

@@ -20,6 +20,7 @@ Everything goes to ``DIR`` (``arrays.bin`` + ``export.json``); the run folder is
 only read. Errors are one ``error:`` line (exit 2).
 """
 
+import json
 import os
 import sys
 
@@ -52,6 +53,15 @@ def check_exportable(config, meta_params, workdir: str) -> None:
   if bool(config.inner.adapt_gates):
     raise ValueError(f'{workdir} adapts its gates per task (inner.adapt_gates=True): the pruned structure '
                      'changes per task, so there is no one compact model to export.')
+
+
+def _training_provenance(workdir: str) -> dict | None:
+  """The commit and JAX build that trained the run (its ``summary.json``), or None (unfinished or older run)."""
+  try:
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      return json.load(f).get('provenance')
+  except (OSError, ValueError):
+    return None
 
 
 def _check_out(workdir: str, out: str) -> None:
@@ -123,7 +133,8 @@ def export_run(workdir: str, out: str, *, quantization: str = 'none', num_check_
   masks = hard_concrete.deterministic_gates(meta_params['gate_logits'], exp.settings.hc)
   gate_values = np.concatenate([np.ravel(np.asarray(g)) for g in jax.tree.leaves(masks)])
   report = {
-      'source': {'workdir': os.path.abspath(workdir), 'step': int(state.step), 'config': config.to_dict()},
+      'source': {'workdir': os.path.abspath(workdir), 'step': int(state.step), 'config': config.to_dict(),
+                 'provenance': _training_provenance(workdir)},
       'provenance': provenance.provenance(),
       'fractional_gates': int(np.sum((gate_values > 0) & (gate_values < 1))),
   }

@@ -3,8 +3,9 @@
 * MLP: ``Dense_0 ... Dense_L`` of any widths (zero included: a layer whose
   every neuron was removed passes only the next layer's bias on).
 * Conv-4: ``nets.conv``'s blocks plus the optional ``conv_i/border_bias`` of
-  removed constant channels (``compact_conv``); ``conv4_features`` is the
-  embedding, ``conv4_apply`` the logits.
+  removed constant channels (``compact_conv``), with the 2x2 max-pool taken
+  before the batch-norm affine map (``norm_relu_pool``); ``conv4_features`` is
+  the embedding, ``conv4_apply`` the logits.
 * LSTM / GRU: compact params keep ``nets.rnn``'s layout, so ``nets.rnn.rnn_apply``
   runs them as they are.
 """
@@ -12,6 +13,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from metaprune_jax import types
 from metaprune_jax.export import compact_conv
@@ -45,6 +47,28 @@ def expand_border(table: jax.Array, height: int, width: int) -> jax.Array:
   return table[border_rows(height)][:, border_rows(width)]
 
 
+def norm_relu_pool(x: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
+  """``max_pool_2x2(relu(batch_norm(x)))`` with the pooling first: ``[b, H, W, C] -> [b, H//2, W//2, C]``.
+
+  Batch norm is a per-channel affine map ``a * x + c`` (``a = scale / std``) once
+  the statistics are taken over the full map, and ReLU is non-decreasing, so the
+  2x2 max of the result is the map of the window's max where ``a >= 0`` and of
+  its min where ``a < 0``. Normalising a quarter of the values makes the block's
+  element-wise work about 3x cheaper on the CPU (``benchmarks/export_speed.py``);
+  the values equal ``nets.conv``'s to float rounding.
+  """
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  variance = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  slope = lax.rsqrt(variance + conv.BATCH_NORM_EPSILON) * scale
+  batch, height, width, channels = x.shape
+  h2, w2 = height // 2, width // 2
+  x = x[:, :2 * h2, :2 * w2, :].reshape(batch, h2, 2, w2, 2, channels)
+  corners = (x[:, :, 0, :, 0], x[:, :, 0, :, 1], x[:, :, 1, :, 0], x[:, :, 1, :, 1])
+  high = jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
+  low = jnp.minimum(jnp.minimum(corners[0], corners[1]), jnp.minimum(corners[2], corners[3]))
+  return jax.nn.relu((jnp.where(slope >= 0, high, low) - mean) * slope + offset)
+
+
 def conv4_features(params: types.Params, images: jax.Array, *, method: str = 'conv') -> jax.Array:
   """``[batch, H, W, in] -> [batch, features]``: the compact Conv-4's embedding."""
   depth = compact_conv.depth_of(params)
@@ -58,8 +82,7 @@ def conv4_features(params: types.Params, images: jax.Array, *, method: str = 'co
       x = conv.conv2d(x, kernel, method=method)
     if compact_conv.BORDER_BIAS in layer:
       x = x + expand_border(layer[compact_conv.BORDER_BIAS], x.shape[1], x.shape[2])
-    x = conv.batch_norm(x, params[f'norm_{i}']['scale'], params[f'norm_{i}']['offset'])
-    x = conv.max_pool_2x2(jax.nn.relu(x))
+    x = norm_relu_pool(x, params[f'norm_{i}']['scale'], params[f'norm_{i}']['offset'])
   return x.reshape(x.shape[0], -1)
 
 

@@ -5,6 +5,7 @@ already written is lost. Failing writes, damaged checkpoints and data through th
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_every_changed_field_is_named_and_nothing_written(finished):
 
 def test_allowed_change_extends_a_run_and_timings_cover_both_segments(finished, tmp_path):
   workdir = str(tmp_path / 'run')
-  train.run(_config(), workdir)
+  shutil.copytree(finished, workdir)  # The same finished run as train.run(_config(), workdir), without rerunning it.
   first = json.loads(open(os.path.join(workdir, 'summary.json')).read())
   longer = _config(**{'outer.num_outer_steps': 20})
   with pytest.raises(workdir_lib.ResumeMismatchError, match=r'outer.num_outer_steps: 10 -> 20'):

@@ -105,3 +105,12 @@ def test_take_channels_cuts_a_params_shaped_tree_like_the_params():
   assert jax.tree.map(np.shape, lrs) == jax.tree.map(np.shape, {k: {kk: vv for kk, vv in v.items()
                                                                      if kk != compact_conv.BORDER_BIAS}
                                                                  for k, v in compact.params.items()})
+
+
+def test_norm_relu_pool_equals_the_nets_block_with_negative_scales():
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(3, 7, 6, 5)), jnp.float32)  # Odd height: the last row is dropped, as nets.conv.
+  scale = jnp.asarray([1.5, -0.7, 0.0, -2.0, 0.3], jnp.float32)
+  offset = jnp.asarray(rng.normal(size=5), jnp.float32)
+  expected = conv.max_pool_2x2(jax.nn.relu(conv.batch_norm(x, scale, offset)))
+  np.testing.assert_allclose(forward.norm_relu_pool(x, scale, offset), expected, atol=1e-5)

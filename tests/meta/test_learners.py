@@ -133,15 +133,15 @@ def _one_task():
 def test_fomaml_gradient_equals_the_stop_gradient_reference():
   learner, settings = _learner('fomaml'), InnerSettings(inner_lr=0.1)
   params, task = _params(), _one_task()
-  got = jax.grad(lambda p: learner.task_loss({'params': p, 'gate_logits': None}, task, None, settings=settings,
-                                             gate_mode='off'))(params)
+  got = jax.jit(jax.grad(lambda p: learner.task_loss({'params': p, 'gate_logits': None}, task, None,
+                                                     settings=settings, gate_mode='off')))(params)
 
   def reference(p):
     g = jax.lax.stop_gradient(jax.grad(_loss)(p, task.support_inputs, task.support_targets))
     return _loss(jax.tree.map(lambda w, d: w - 0.1 * d, p, g), task.query_inputs, task.query_targets)
-  test_utils.assert_trees_all_close(got, jax.grad(reference)(params), rtol=1e-5, atol=1e-7)
-  second = jax.grad(lambda p: _learner('maml').task_loss({'params': p, 'gate_logits': None}, task, None,
-                                                        settings=settings, gate_mode='off'))(params)
+  test_utils.assert_trees_all_close(got, jax.jit(jax.grad(reference))(params), rtol=1e-5, atol=1e-7)
+  second = jax.jit(jax.grad(lambda p: _learner('maml').task_loss({'params': p, 'gate_logits': None}, task, None,
+                                                                settings=settings, gate_mode='off')))(params)
   assert not np.allclose(second['conv_0']['kernel'], got['conv_0']['kernel'], rtol=1e-4)
 
 
@@ -174,8 +174,8 @@ def test_metasgd_uses_its_learned_rates():
 def test_reptile_direction_is_theta_minus_adapted():
   settings, task = InnerSettings(inner_lr=0.3, num_inner_steps=3), _one_task()
   meta_params = {'params': _params(), 'gate_logits': None}
-  loss, grads = jax.value_and_grad(
-      lambda mp: _learner('reptile').task_loss(mp, task, None, settings=settings, gate_mode='off'))(meta_params)
+  loss, grads = jax.jit(jax.value_and_grad(
+      lambda mp: _learner('reptile').task_loss(mp, task, None, settings=settings, gate_mode='off')))(meta_params)
   adapted, _ = adapt.adapt_task(meta_params, task, None, _loss, settings._replace(first_order=True), Execution(),
                                 'off', None)
   expected = jax.tree.map(lambda t, a: t - a, meta_params['params'], adapted)
@@ -207,9 +207,11 @@ def test_chunked_meta_batch_equals_one_vmap(name, scope):
   settings = InnerSettings(inner_lr=0.1)
   meta_params = _meta_params(learner, settings)
   tasks, key = _tasks(jax.random.key(8), 4), jax.random.key(9)
-  whole = jax.value_and_grad(lambda mp: learner.batch_loss(mp, tasks, key, settings=settings))(meta_params)
+  # Jitted: one compilation each instead of an eager, op-by-op backward pass (the same functions, faster cold).
+  whole = jax.jit(jax.value_and_grad(lambda mp: learner.batch_loss(mp, tasks, key, settings=settings)))(meta_params)
   chunked_learner = _learner(name, Execution(gate_sample_scope=scope, task_chunk_size=2))
-  chunked = jax.value_and_grad(lambda mp: chunked_learner.batch_loss(mp, tasks, key, settings=settings))(meta_params)
+  chunked = jax.jit(jax.value_and_grad(lambda mp: chunked_learner.batch_loss(mp, tasks, key, settings=settings)))(
+      meta_params)
   test_utils.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match='task_chunk_size=3'):
     _learner(name, Execution(gate_sample_scope=scope, task_chunk_size=3)).batch_loss(meta_params, tasks, key,

@@ -74,7 +74,7 @@ def test_gradients_reach_every_pruner_parameter():
     logits = meta_pruner.task_gate_logits(pruner, base, params, features)
     return sparsity.expected_density(params, logits) + sum(
         jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(logits))
-  grads = jax.grad(loss)(pruner)
+  grads = jax.jit(jax.grad(loss))(pruner)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert float(jnp.max(jnp.abs(g))) > 0, f'no gradient at {jax.tree_util.keystr(path)}'
 
@@ -183,7 +183,8 @@ def test_hardened_task_masks_meet_the_target_on_held_out_tasks():
                                - params_before['Dense_1']['kernel']))) > 0  # The weights fine-tune.
   assert counter.count == 1  # The switch to the hardened learner is a lax.cond, not a retrace.
   tasks = sinusoid.sample_sinusoid_tasks(jax.random.key(9), num_tasks=6, num_support=5, num_query=5)
-  masks = meta_pruner.task_masks(state.meta_params, tasks, features_fn, target_sparsity=0.75)
+  masks = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=0.75))(
+      state.meta_params, tasks)
   params = state.meta_params['params']
   gated = sparsity.num_gated_weights(params, state.meta_params['gate_logits'])
   zeros = sum(jnp.sum(m == 0, axis=tuple(range(1, m.ndim))) for m in jax.tree.leaves(masks))
