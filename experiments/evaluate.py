@@ -34,15 +34,18 @@ from metaprune_jax.export import artifact
 from metaprune_jax.export import model as export_model
 from metaprune_jax.meta import evaluate
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune, or an export '
-                               'folder written by experiments.export.', required=True)
-_EPISODES = flags.DEFINE_string('episodes', None, 'Folder of episodes (see the module docstring).', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json, or '
-                              './episodes_eval.json when WORKDIR is not writable).')
-_GATE_MODE = flags.DEFINE_enum('gate_mode', 'deterministic', ['deterministic', 'off'],
-                               "'deterministic': the pruned network; 'off': the same weights without gates.")
-_DATA_DIR = flags.DEFINE_string('data_dir', None, "Overrides the run's config.task.data_dir (the training data is "
-                                'read only to rebuild the model functions).')
+
+def define_flags() -> None:
+  """The launcher's flags (defined only when run as a script, so tests and other launchers can import this module)."""
+  flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune, or an export '
+                      'folder written by experiments.export.', required=True)
+  flags.DEFINE_string('episodes', None, 'Folder of episodes (see the module docstring).', required=True)
+  flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json, or '
+                      './episodes_eval.json when WORKDIR is not writable).')
+  flags.DEFINE_enum('gate_mode', 'deterministic', ['deterministic', 'off'],
+                    "'deterministic': the pruned network; 'off': the same weights without gates.")
+  flags.DEFINE_string('data_dir', None, "Overrides the run's config.task.data_dir (the training data is "
+                      'read only to rebuild the model functions).')
 
 
 def _summary(workdir: str, episodes_dir: str, per_episode: list[dict], **fields) -> dict:
@@ -109,12 +112,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    output = workdir_lib.output_path(_WORKDIR.value, _OUTPUT.value, 'episodes_eval.json')
-    if os.path.dirname(os.path.abspath(output)) != os.path.abspath(_WORKDIR.value) and not _OUTPUT.value:
-      print(f'{_WORKDIR.value} is not writable: the result goes to {output}', file=sys.stderr)
-    result = evaluate_episodes(_WORKDIR.value, _EPISODES.value, gate_mode=_GATE_MODE.value, data_dir=_DATA_DIR.value)
+    output = workdir_lib.output_path(flags.FLAGS.workdir, flags.FLAGS.output, 'episodes_eval.json')
+    if os.path.dirname(os.path.abspath(output)) != os.path.abspath(flags.FLAGS.workdir) and not flags.FLAGS.output:
+      print(f'{flags.FLAGS.workdir} is not writable: the result goes to {output}', file=sys.stderr)
+    result = evaluate_episodes(flags.FLAGS.workdir, flags.FLAGS.episodes, gate_mode=flags.FLAGS.gate_mode, data_dir=flags.FLAGS.data_dir)
   except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError too: one line, no flags help.
-    print(f'error: --workdir={_WORKDIR.value}: {e}', file=sys.stderr)
+    print(f'error: --workdir={flags.FLAGS.workdir}: {e}', file=sys.stderr)
     sys.exit(2)
   for e in result['episodes']:
     print(f"{e['episode']}: {e['ways']}-way, {e['support']} support / {e['query']} query images: "
@@ -127,4 +130,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
