@@ -73,32 +73,32 @@ def _check_out(workdir: str, out: str) -> None:
     raise ValueError(f'--out={out} exists and is not an export folder; pass an empty or new folder.')
 
 
-def _masked_predictions(exp, meta_params, tasks, spec):
-  """The masked model's query outputs ``[tasks, query, ...]`` before and after the learner adapts."""
+def masked_predictor(exp, meta_params, spec):
+  """A jitted ``tasks -> (before, after)``: the masked model's query outputs ``[tasks, query, ...]`` before and
+  after the learner adapts (prototype logits, twice, for a prototypical network)."""
   problem, settings = exp.problem, exp.eval_settings._replace(num_inner_steps=int(spec['num_inner_steps']))
-  hc = exp.settings.hc
-  masked = adapt.masked_params(meta_params, None, 'deterministic', hc)
+  masked = adapt.masked_params(meta_params, None, 'deterministic', exp.settings.hc)
   if not model_lib.adapts(spec):
     def logits(task):
-      return protonet.prototype_logits(problem.embed_fn(masked, task.support_inputs), task.support_targets,
-                                       problem.embed_fn(masked, task.query_inputs))
-    out = jax.jit(jax.vmap(logits))(tasks)
-    return out, out
+      out = protonet.prototype_logits(problem.embed_fn(masked, task.support_inputs), task.support_targets,
+                                      problem.embed_fn(masked, task.query_inputs))
+      return out, out
+    return jax.jit(jax.vmap(logits))
   keys = tuple(spec['adapt_keys']) if spec['adapt_keys'] else None
 
   def both(task):
     fast, effective = adapt.adapt_task(meta_params, task, None, problem.loss_fn, settings, exp.execution._replace(
         python_loop=False), 'deterministic', None, adapt_keys=keys)
     return problem.apply_fn(masked, task.query_inputs), problem.apply_fn(effective(fast), task.query_inputs)
-  return jax.jit(jax.vmap(both))(tasks)
+  return jax.jit(jax.vmap(both))
 
 
-def _exported_predictions(model, tasks):
-  before = jax.vmap(lambda task: model.apply(model.params, task.query_inputs))(tasks)
-  after = jax.vmap(lambda task: model.predict(task.support_inputs, task.support_targets, task.query_inputs))(tasks)
-  if not model_lib.adapts(model.spec):
-    before = after
-  return before, after
+def exported_predictor(model):
+  """The same for an ``ExportedModel``: a jitted ``tasks -> (before, after)``."""
+  def both(task):
+    after = model.predict(task.support_inputs, task.support_targets, task.query_inputs)
+    return (model.apply(model.params, task.query_inputs) if model_lib.adapts(model.spec) else after), after
+  return jax.jit(jax.vmap(both))
 
 
 def _metric(spec, outputs, targets) -> np.ndarray:
@@ -141,17 +141,17 @@ def export_run(workdir: str, out: str, *, quantization: str = 'none', num_check_
   model_lib.export_compact(out, spec, meta_params['params'], masks, quantization=quantization,
                            inner_lrs=meta_params.get('inner_lrs'), report=report)
   model = model_lib.load_compact(out)
+  masked_fn, exported_fn = masked_predictor(exp, meta_params, spec), exported_predictor(model)
   tasks, shots, ways = _held_out(config, exp)
   check = jax.tree.map(lambda x: x[:num_check_tasks], tasks)
-  masked_before, masked_after = _masked_predictions(exp, meta_params, check, spec)
-  export_before, export_after = _exported_predictions(model, check)
+  (masked_before, masked_after), (export_before, export_after) = masked_fn(check), exported_fn(check)
   diffs = {'before_adaptation': float(jnp.max(jnp.abs(masked_before - export_before))),
            'after_adaptation': float(jnp.max(jnp.abs(masked_after - export_after))),
            'num_tasks': int(jax.tree.leaves(check)[0].shape[0])}
   exported, masked = [], []
   for chunk in _chunks(tasks, int(config.eval.chunk_size)):
-    exported.append(_metric(spec, _exported_predictions(model, chunk)[1], chunk.query_targets))
-    masked.append(_metric(spec, _masked_predictions(exp, meta_params, chunk, spec)[1], chunk.query_targets))
+    exported.append(_metric(spec, exported_fn(chunk)[1], chunk.query_targets))
+    masked.append(_metric(spec, masked_fn(chunk)[1], chunk.query_targets))
   exported, masked = np.concatenate(exported), np.concatenate(masked)
   name = 'mse' if spec['loss'] == 'mse' else 'accuracy'
   held_out = {'metric': name, 'split': str(config.eval.get('split', 'sampled')), 'shots': shots, 'ways': ways,
@@ -159,12 +159,9 @@ def export_run(workdir: str, out: str, *, quantization: str = 'none', num_check_
               'inner_steps': int(spec['num_inner_steps']) if model_lib.adapts(spec) else 0,
               'exported': {'mean': float(exported.mean()), 'ci95': evaluate_lib.confidence_interval_95(exported)},
               'masked': {'mean': float(masked.mean()), 'ci95': evaluate_lib.confidence_interval_95(masked)}}
-  document = model_lib.export_compact(out, spec, meta_params['params'], masks, quantization=quantization,
-                                      inner_lrs=meta_params.get('inner_lrs'),
-                                      report={**report, 'max_abs_output_diff': max(diffs['before_adaptation'],
-                                                                                  diffs['after_adaptation']),
-                                              'output_diff': diffs, 'held_out': held_out})
-  return document
+  return artifact.update_metadata(out, {'max_abs_output_diff': max(diffs['before_adaptation'],
+                                                                   diffs['after_adaptation']),
+                                        'output_diff': diffs, 'held_out': held_out})
 
 
 def format_report(document: dict) -> str:

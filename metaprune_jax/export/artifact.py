@@ -128,12 +128,25 @@ def write(out_dir: str, trees: dict[str, tuple[dict, dict | None]], metadata: di
   document = {'format': FORMAT, **metadata, 'quantization': quantization, 'artifact_bytes': offset,
               'arrays': manifest}
   _replace_file(os.path.join(out_dir, ARRAYS_FILE), b''.join(chunks))
+  _write_metadata(os.path.join(out_dir, METADATA_FILE), document)
+  return document
+
+
+def update_metadata(out_dir: str, fields: dict) -> dict:
+  """Adds ``fields`` to an export's ``export.json`` (the arrays are untouched); returns the new document."""
+  path = os.path.join(out_dir, METADATA_FILE)
+  with open(path) as f:
+    document = {**json.load(f), **fields}
+  _write_metadata(path, document)
+  return document
+
+
+def _write_metadata(path: str, document: dict) -> None:
+  """Writes ``document`` with ``metadata_bytes`` = the size of the file it is written into (atomically)."""
   document['metadata_bytes'] = 0
   for _ in range(3):  # The count is part of the file it counts: settle it.
     document['metadata_bytes'] = len(_dumps(document))
-  text = _dumps(document)
-  _replace_file(os.path.join(out_dir, METADATA_FILE), text)
-  return document
+  _replace_file(path, _dumps(document))
 
 
 def _dumps(document: dict) -> bytes:
