@@ -38,9 +38,11 @@ from absl import flags
 
 from experiments import build
 from experiments import evaluation
+from metaprune_jax.export import forward
 from metaprune_jax.export import model as model_lib
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import masking
+from metaprune_jax.nets import conv
 
 
 def network_flops(params, spec: dict) -> int:
@@ -77,8 +79,6 @@ def _timed(fn, x, calls: int) -> float:
 
 def conv4_blocks(params, images, method: str = 'conv') -> list[tuple[str, object, jax.Array]]:
   """``(name, jitted fn, its input)`` for each Conv-4 block's convolution and its norm / ReLU / pool."""
-  from metaprune_jax.export import forward  # pylint: disable=import-outside-toplevel
-  from metaprune_jax.nets import conv  # pylint: disable=import-outside-toplevel
   blocks, x, i = [], images, 0
   while f'conv_{i}' in params:
     layer, norm = params[f'conv_{i}'], params[f'norm_{i}']

@@ -142,3 +142,13 @@ def test_sequence_lstm_with_hidden_unit_gates_exports_exactly(tmp_path, granular
   assert document['layer_shapes']['after']['recurrent_kernel'][0] < 6  # Closed hidden units are gone.
   held = document['held_out']
   assert held['exported']['mean'] == pytest.approx(held['masked']['mean'], rel=1e-4)
+
+
+def test_export_speed_benchmark_reports_every_model(sparse_sinusoid_run, tmp_path):
+  from benchmarks import export_speed  # pylint: disable=import-outside-toplevel
+  export.export_run(sparse_sinusoid_run, str(tmp_path / 'out'), num_check_tasks=2)
+  result = export_speed.run(sparse_sinusoid_run, {'export': str(tmp_path / 'out')}, batches=(1, 8), repeats=1,
+                            calls=1)
+  assert set(result['batches']['8']['median_us']) == {'dense', 'masked', 'export'}
+  assert 0 < result['flop_ratio']['export'] < 0.5  # 90% of the weights gated: most neurons gone.
+  assert result['bytes']['export'] < result['dense_bytes']
