@@ -91,7 +91,6 @@ def test_every_changed_field_is_named_and_nothing_written(finished):
 def test_allowed_change_extends_a_run_and_timings_cover_both_segments(finished, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished, workdir)  # The same finished run as train.run(_config(), workdir), without rerunning it.
-  first = json.loads(open(os.path.join(workdir, 'summary.json')).read())
   longer = _config(**{'outer.num_outer_steps': 20})
   with pytest.raises(workdir_lib.ResumeMismatchError, match=r'outer.num_outer_steps: 10 -> 20'):
     train.run(longer, workdir)
@@ -100,7 +99,10 @@ def test_allowed_change_extends_a_run_and_timings_cover_both_segments(finished, 
   assert _steps(workdir) == [5, 10, 15, 20] and summary['num_outer_steps'] == 20
   timings = summary['timings']
   assert timings['start_step'] == 10 and timings['segments'] == 2
-  assert timings['train_seconds'] > first['timings']['train_seconds'] and timings['timed_steps'] > 10
+  with open(os.path.join(workdir, 'checkpoints', '10', 'host', 'metadata')) as f:
+    first_segment = json.load(f)  # What the first segment had timed when it saved step 10.
+  assert timings['train_seconds'] > first_segment['train_seconds'] > 0
+  assert timings['timed_steps'] > first_segment['timed_steps'] and timings['timed_steps'] > 10
   assert json.loads(open(os.path.join(workdir, 'config.json')).read())['outer']['num_outer_steps'] == 20
   shorter = _config()  # Checkpointed at 20: refusing beats reporting 10 steps.
   shorter.run.allow_changes = ('outer.num_outer_steps',)
