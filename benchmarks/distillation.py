@@ -85,25 +85,29 @@ def run(*, task: str, config_path: str, workdir: str, sparsities, seeds, weight:
   return results
 
 
-_TASK = flags.DEFINE_string('task', 'sinusoid', 'Task name (must match the config).')
-_CONFIG = flags.DEFINE_string('config', 'experiments/configs/frontier_sinusoid.py', 'Recipe config file.')
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/distill_sinusoid', 'Folder of the runs.')
-_SPARSITIES = flags.DEFINE_list('sparsities', ['0.9', '0.95'], 'Target sparsities.')
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds.')
-_WEIGHT = flags.DEFINE_float('weight', 0.5, "The teacher's weight (config.distill.weight).")
-_STEPS = flags.DEFINE_integer('steps', 0, 'Meta-steps per run (0: the config).')
+def define_flags() -> None:
+  """The script's flags (defined only when run as a script, so tests can import this module)."""
+  flags.DEFINE_string('task', 'sinusoid', 'Task name (must match the config).')
+  flags.DEFINE_string('config', 'experiments/configs/frontier_sinusoid.py', 'Recipe config file.')
+  flags.DEFINE_string('workdir', 'runs/distill_sinusoid', 'Folder of the runs.')
+  flags.DEFINE_list('sparsities', ['0.9', '0.95'], 'Target sparsities.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds.')
+  flags.DEFINE_float('weight', 0.5, "The teacher's weight (config.distill.weight).")
+  flags.DEFINE_integer('steps', 0, 'Meta-steps per run (0: the config).')
 
 
 def main(argv):
   del argv
-  results = run(task=_TASK.value, config_path=_CONFIG.value, workdir=_WORKDIR.value,
-                sparsities=[float(s) for s in _SPARSITIES.value], seeds=[int(s) for s in _SEEDS.value],
-                weight=_WEIGHT.value, steps=_STEPS.value or None)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, 'distillation.json'), 'w') as f:
+  values = flags.FLAGS
+  results = run(task=values.task, config_path=values.config, workdir=values.workdir,
+                sparsities=[float(s) for s in values.sparsities], seeds=[int(s) for s in values.seeds],
+                weight=values.weight, steps=values.steps or None)
+  os.makedirs(values.workdir, exist_ok=True)
+  with open(os.path.join(values.workdir, 'distillation.json'), 'w') as f:
     json.dump(results, f, indent=1)
   print(json.dumps(results, indent=1))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

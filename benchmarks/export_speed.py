@@ -151,23 +151,27 @@ def run(workdir: str, exports: dict[str, str], *, batches=(1, 600), repeats: int
   return result
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run folder.')
-_EXPORT = flags.DEFINE_string('export', None, 'Its float32 export folder.')
-_EXPORT_INT8 = flags.DEFINE_string('export_int8', None, 'Its int8 export folder (optional).')
-_BATCHES = flags.DEFINE_list('batches', ['1', '600'], 'Batch sizes.')
-_REPEATS = flags.DEFINE_integer('repeats', 7, 'Interleaved rounds.')
-_CALLS = flags.DEFINE_integer('calls', 20, 'Calls per timing.')
+def define_flags() -> None:
+  """The script's flags (defined only when run as a script, so tests can import this module)."""
+  flags.DEFINE_string('workdir', None, 'The run folder.')
+  flags.DEFINE_string('export', None, 'Its float32 export folder.')
+  flags.DEFINE_string('export_int8', None, 'Its int8 export folder (optional).')
+  flags.DEFINE_list('batches', ['1', '600'], 'Batch sizes.')
+  flags.DEFINE_integer('repeats', 7, 'Interleaved rounds.')
+  flags.DEFINE_integer('calls', 20, 'Calls per timing.')
 
 
 def main(argv):
   del argv
-  exports = {'export': _EXPORT.value}
-  if _EXPORT_INT8.value:
-    exports['export_int8'] = _EXPORT_INT8.value
-  print(json.dumps(run(_WORKDIR.value, exports, batches=tuple(int(b) for b in _BATCHES.value),
-                       repeats=_REPEATS.value, calls=_CALLS.value), indent=1))
+  values = flags.FLAGS
+  exports = {'export': values.export}
+  if values.export_int8:
+    exports['export_int8'] = values.export_int8
+  print(json.dumps(run(values.workdir, exports, batches=tuple(int(b) for b in values.batches),
+                       repeats=values.repeats, calls=values.calls), indent=1))
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['workdir', 'export'])
   app.run(main)
