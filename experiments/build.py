@@ -188,7 +188,7 @@ def initial_state(config, problem: problems.Problem, learner: Learner, settings:
                                   extra=extra)
 
 
-def teacher_for(config, problem: problems.Problem):
+def teacher_for(config):
   """The distillation teacher's one-task prediction (``meta.distill.TeacherPredict``) from ``distill.teacher``.
 
   The teacher run is loaded as it was trained: its learner adapts with its own
@@ -216,7 +216,6 @@ def teacher_for(config, problem: problems.Problem):
     params = masking.apply_masks(params, hard_concrete.deterministic_gates(teacher.meta_params['gate_logits'],
                                                                          hard_concrete_constants(teacher_config)))
   params = jax.tree.map(jax.numpy.asarray, params)
-  del problem  # The teacher runs its own forward pass (export.model), on the student's tasks.
   return export_model.predict_fn(spec, params, None, teacher.meta_params.get('inner_lrs'))
 
 
@@ -224,7 +223,7 @@ def with_distillation(config, problem: problems.Problem) -> problems.Problem:
   """``problem`` whose meta-training tasks carry the teacher's soft query targets (``distill.weight > 0``)."""
   if float(config.distill.weight) <= 0:
     return problem
-  sampler = distill_lib.distilled_sampler(problem.train_sampler, teacher_for(config, problem),
+  sampler = distill_lib.distilled_sampler(problem.train_sampler, teacher_for(config),
                                           float(config.distill.weight), regression=problem.metric == 'mse',
                                           temperature=float(config.distill.temperature))
   return problem._replace(train_sampler=sampler)

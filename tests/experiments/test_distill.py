@@ -33,7 +33,7 @@ def test_student_tasks_carry_the_teachers_adapted_predictions(teacher_run):
   key = jax.random.key(3)
   tasks, labels = exp.problem.train_sampler(key, 4), plain.problem.train_sampler(key, 4)
   np.testing.assert_array_equal(tasks.query_inputs, labels.query_inputs)
-  teacher = build.teacher_for(exp.config, exp.problem)
+  teacher = build.teacher_for(exp.config)
   expected = jax.vmap(teacher)(labels.support_inputs, labels.support_targets, labels.query_inputs)
   np.testing.assert_allclose(tasks.query_targets, expected, atol=1e-6)
   assert not np.allclose(tasks.query_targets, labels.query_targets)
@@ -56,7 +56,7 @@ def test_bad_distillation_settings_name_the_field(teacher_run, tmp_path):
   config = _student(teacher_run, 0.5)
   config.algorithm = 'protonet'
   with pytest.raises(ValueError, match='distill.teacher'):
-    build.teacher_for(config, None)
+    build.teacher_for(config)
 
 
 def test_teacher_predict_is_the_export_models(teacher_run):
