@@ -1,8 +1,10 @@
 """The frontier's outputs: per-method rows pooled over seeds, margins, ``frontier.csv`` / ``.md`` / ``.png``.
 
 ``aggregate`` pools the per-task losses of every (method, sparsity) over its
-seeds; ``margins`` gives the reference method's (hard-concrete gates) margin
-over each baseline; ``write_outputs`` writes the three files.
+seeds (each method's mean over its own non-diverged tasks); ``margins`` gives
+the reference method's (hard-concrete gates) margin over each baseline, both
+means over the tasks neither diverged on; ``write_outputs`` writes the three
+files.
 """
 
 import csv
@@ -23,14 +25,20 @@ def _shot_step_keys(config) -> list[tuple[str, str]]:
 
 
 def aggregate(config, records: list[dict]) -> list[dict]:
-  """One row per (method, sparsity): per-task losses pooled over seeds, summarised."""
+  """One row per (method, sparsity): per-task losses pooled over seeds, summarised.
+
+  Each row's ``eval`` is ``evaluate.summarise`` of its own tasks (mean over the
+  tasks it did not diverge on); ``per_task_by_seed`` keeps every seed's
+  per-task losses for ``margins``.
+  """
   groups: dict[tuple[str, float], list[dict]] = {}
   for r in records:
     groups.setdefault((r['method'], r['target_sparsity']), []).append(r)
   rows = []
   for (method, sparsity), group in sorted(groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1])):
     group = sorted(group, key=lambda r: r['seed'])
-    row = {'method': method, 'target_sparsity': sparsity, 'seeds': [r['seed'] for r in group], 'eval': {}}
+    row = {'method': method, 'target_sparsity': sparsity, 'seeds': [r['seed'] for r in group], 'eval': {},
+           'per_task_by_seed': {r['seed']: r['per_task'] for r in group}}
     for field in ('realised_sparsity', 'nonzero_params', 'total_params', 'dense_flops', 'effective_flops',
                   'wall_seconds'):
       row[field] = float(np.mean([r[field] for r in group]))
@@ -46,25 +54,47 @@ def aggregate(config, records: list[dict]) -> list[dict]:
   return rows
 
 
+def _pooled(per_task_by_seed: dict, seeds: list[int], shots: str, step: str) -> np.ndarray:
+  """``[len(seeds) * num_tasks]``: the per-task losses at ``step`` of ``seeds``, in that order."""
+  return np.concatenate([per_task_by_seed[seed][shots][step] for seed in seeds])
+
+
 def margins(config, rows: list[dict]) -> list[dict]:
   """At each sparsity, ``REFERENCE`` against each baseline: difference of means and CI separation.
 
-  ``margin = baseline_mean - reference_mean`` (positive: the reference is
-  better); ``separated`` when the intervals do not overlap, in either direction
-  (the sign of ``margin`` says which method is ahead).
+  Both means (and CIs) are over the same tasks: those of the seeds both methods
+  ran, minus every task where either diverged (``evaluate.summarise_common``),
+  so a method is not credited for dropping the tasks it diverged on. Each
+  method's own diverged count is reported beside (``reference_num_diverged``,
+  ``baseline_num_diverged``, over those seeds), with ``num_common`` the tasks
+  compared. ``margin = baseline_mean - reference_mean`` (positive: the
+  reference is better); ``separated`` when the intervals do not overlap, in
+  either direction (the sign of ``margin`` says which method is ahead).
   """
   by_key = {(r['method'], r['target_sparsity']): r for r in rows}
   out = []
   for shots, step in _shot_step_keys(config):
     for sparsity in sorted({r['target_sparsity'] for r in rows if r['method'] == REFERENCE}):
-      ref = by_key[(REFERENCE, sparsity)]['eval'][shots][step]
+      reference = by_key[(REFERENCE, sparsity)]['per_task_by_seed']
       for method in METHODS:
         if method in ('dense', REFERENCE) or (method, sparsity) not in by_key:
           continue
-        other = by_key[(method, sparsity)]['eval'][shots][step]
+        baseline = by_key[(method, sparsity)]['per_task_by_seed']
+        seeds = sorted(set(reference) & set(baseline))  # The same held-out tasks (they depend on the seed only).
+        if not seeds:
+          continue
+        stats = evaluate.summarise_common(
+            {'reference': _pooled(reference, seeds, shots, step), 'baseline': _pooled(baseline, seeds, shots, step)},
+            {'reference': _pooled(reference, seeds, shots, 'step_0'),
+             'baseline': _pooled(baseline, seeds, shots, 'step_0')},
+            divergence_threshold=float(config.eval.divergence_threshold),
+            divergence_ratio=float(config.eval.divergence_ratio))
+        ref, other = stats['reference'], stats['baseline']
         out.append({'shots': shots, 'step': step, 'sparsity': sparsity, 'baseline': method,
                     'reference_mean': ref['mean'], 'reference_ci95': ref['ci95'],
                     'baseline_mean': other['mean'], 'baseline_ci95': other['ci95'],
+                    'num_common': ref['num_common'], 'reference_num_diverged': ref['num_diverged'],
+                    'baseline_num_diverged': other['num_diverged'],
                     'margin': other['mean'] - ref['mean'],
                     'relative_margin': (other['mean'] - ref['mean']) / other['mean'],
                     'separated': bool(ref['mean'] + ref['ci95'] < other['mean'] - other['ci95']
@@ -143,15 +173,18 @@ def format_markdown(config, rows: list[dict], failures: list[str] = ()) -> str:
   found = margins(config, rows)
   if found:
     lines += [f'## Margins of {REFERENCE} over each baseline', '',
-              'margin = baseline mean − hard_concrete mean (positive: hard_concrete better); '
-              'separated = the two 95% CIs do not overlap.', '',
-              '| shots | steps | sparsity | baseline | hard_concrete | baseline | margin | relative | separated |',
-              '|---|---|---|---|---|---|---|---|---|']
+              'margin = baseline mean − hard_concrete mean (positive: hard_concrete better); both means over the '
+              'same tasks, those neither method diverged on (common tasks; each method\'s own diverged count in '
+              'brackets); separated = the two 95% CIs do not overlap.', '',
+              ('| shots | steps | sparsity | baseline | common tasks | hard_concrete | baseline | margin | relative '
+               '| separated |'),
+              '|---|---|---|---|---|---|---|---|---|---|']
     for g in found:
       lines.append(f"| {g['shots'].split('_')[1]} | {g['step'].split('_')[1]} | {g['sparsity']:g} | {g['baseline']} "
-                   f"| {g['reference_mean']:.4f} ± {g['reference_ci95']:.4f} "
-                   f"| {g['baseline_mean']:.4f} ± {g['baseline_ci95']:.4f} | {g['margin']:+.4f} "
-                   f"| {100 * g['relative_margin']:+.1f}% | {'yes' if g['separated'] else 'no'} |")
+                   f"| {g['num_common']} "
+                   f"| {g['reference_mean']:.4f} ± {g['reference_ci95']:.4f} ({g['reference_num_diverged']} div.) "
+                   f"| {g['baseline_mean']:.4f} ± {g['baseline_ci95']:.4f} ({g['baseline_num_diverged']} div.) "
+                   f"| {g['margin']:+.4f} | {100 * g['relative_margin']:+.1f}% | {'yes' if g['separated'] else 'no'} |")
     lines.append('')
   if failures:
     lines += ['## Failed points', ''] + [f'- {f}' for f in failures] + ['']

@@ -5,6 +5,8 @@ lowest are closed (0 in every draw and at test time), the rest open, so
 meta-training can go on with a fixed mask of exactly the target sparsity.
 Counting follows ``metaprune_jax.masks.sparsity`` (structured gates count every
 weight they switch; hidden-unit gates are coupled through ``expand_units``).
+No gated leaf is ever emptied: each keeps its highest-ranked gate open, so a
+layer of unit gates keeps at least one neuron / channel / hidden unit.
 """
 
 import math
@@ -59,14 +61,29 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
            expand_units: sparsity.ExpandUnits | None = None) -> types.GateLogits:
   """Gate logits that prune exactly the lowest-``log_alpha`` gates up to ``target_sparsity``.
 
-  Gates are ranked by ``log_alpha`` across every gated leaf (ties by position);
-  the lowest are closed until at least ``ceil(target_sparsity * N)`` gated
-  weights are pruned (a structured gate counts all the weights it switches; with
-  hidden-unit gates the count is the coupled one, found by bisection over the
-  number of closed gates, since overlapping gates do not add up). The
-  result is saturated: ``closed_logit`` gives gates that are 0 in every draw and
-  at test time, ``open_logit`` gates that are 1 (up to ~1e-13 probability), so
-  meta-training can go on with a fixed mask. Jit-friendly.
+  Gates are ranked by ``log_alpha`` across every gated leaf (one global
+  threshold, ties by position), so layers end up with different sparsities:
+  a layer whose logits are low loses more. The lowest are closed until at least
+  ``ceil(target_sparsity * N)`` gated weights are pruned (a structured gate
+  counts all the weights it switches; with hidden-unit gates the count is the
+  coupled one, found by bisection over the number of closed gates, since
+  overlapping gates do not add up).
+
+  **No layer is emptied.** Every gated leaf keeps its highest-ranked gate open
+  (the highest ``log_alpha``; among ties the last by position), whatever the
+  global threshold says: with one gate per unit (``'out_unit'``, ``'in_unit'``,
+  hidden-unit gates) a layer keeps at least one neuron / channel / hidden
+  unit, so the network stays connected; with ``'weight'`` gates a kernel keeps
+  at least one weight. The weights such a kept gate would have pruned are made
+  up by closing the next-lowest gates of the other leaves, so the total is still
+  at least ``ceil(target_sparsity * N)``, and the fewest gates reaching it are
+  closed. Only when the target cannot be reached with one gate per leaf open
+  (``target_sparsity * N`` above ``N`` minus the weights of the kept gates) are
+  all the other gates closed, and the realised sparsity falls short of it.
+
+  The result is saturated: ``closed_logit`` gives gates that are 0 in every
+  draw and at test time, ``open_logit`` gates that are 1 (up to ~1e-13
+  probability), so meta-training can go on with a fixed mask. Jit-friendly.
 
   Args:
     params: parameter pytree (for group sizes).
@@ -81,21 +98,31 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
     A gate-logit tree of the same structure.
   """
   leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=_is_none)
-  group = jax.tree.leaves(masking.map_gated(lambda p, la: jnp.full(la.size, p.size // la.size, jnp.int32),
-                                            params, gate_logits))
+  group_sizes = jax.tree.leaves(masking.map_gated(lambda p, la: p.size // la.size, params, gate_logits))
   gated = [leaf for leaf in leaves if leaf is not None]
   if not gated:
     return gate_logits
   flat = jnp.concatenate([leaf.ravel() for leaf in gated])
-  sizes = jnp.concatenate(group)
-  need = math.ceil(target_sparsity * sparsity.num_gated_weights(params, gate_logits, expand_units=expand_units)
-                   - 1e-9)
+  sizes = jnp.concatenate([jnp.full(leaf.size, size, jnp.int32) for leaf, size in zip(gated, group_sizes)])
+  # The kept gate of each leaf ranks above every other gate: it is never closed.
+  ranked = jnp.where(jnp.concatenate([_is_top_of_leaf(leaf) for leaf in gated]), jnp.inf, flat)
+  num_weights = sparsity.num_gated_weights(params, gate_logits, expand_units=expand_units)
+  need = math.ceil(target_sparsity * num_weights - 1e-9)
   if sparsity.couples_units(gate_logits, expand_units):
-    prune = _coupled_prune(params, leaves, treedef, jnp.argsort(flat, stable=True), need, expand_units)
+    prune = _coupled_prune(params, leaves, treedef, jnp.argsort(ranked, stable=True), need, expand_units,
+                           max_closed=flat.shape[0] - len(gated))
   else:
-    prune = _lowest_up_to(flat, sizes, need)
+    closable = sum(size * (leaf.size - 1) for leaf, size in zip(gated, group_sizes))
+    prune = _lowest_up_to(ranked, sizes, min(need, closable))
   new_flat = jnp.where(prune, closed_logit, open_logit).astype(flat.dtype)
   return _unflatten_like(new_flat, leaves, treedef)
+
+
+def _is_top_of_leaf(leaf: jax.Array) -> jax.Array:
+  """``[leaf.size]`` bool, True at the gate a stable ascending sort of the leaf puts last (its highest)."""
+  values = leaf.ravel()
+  top = values.size - 1 - jnp.argmax(values[::-1])
+  return jnp.arange(values.size) == top
 
 
 def _unflatten_like(flat, leaves, treedef):
@@ -109,8 +136,13 @@ def _unflatten_like(flat, leaves, treedef):
   return jax.tree.unflatten(treedef, out)
 
 
-def _coupled_prune(params, leaves, treedef, order, need: int, expand_units: sparsity.ExpandUnits) -> jax.Array:
-  """Closed flags for the fewest lowest-ranked gates that prune ``need`` weights (coupled count)."""
+def _coupled_prune(params, leaves, treedef, order, need: int, expand_units: sparsity.ExpandUnits, *,
+                   max_closed: int) -> jax.Array:
+  """Closed flags for the fewest lowest-ranked gates that prune ``need`` weights (coupled count).
+
+  At most ``max_closed`` gates (the first of ``order``) are closed; if even they
+  fall short of ``need``, all of them are.
+  """
   num_gates = order.shape[0]
 
   def closed(count):
@@ -120,12 +152,12 @@ def _coupled_prune(params, leaves, treedef, order, need: int, expand_units: spar
     gates = _unflatten_like(jnp.where(closed(count), 0.0, 1.0), leaves, treedef)
     return sparsity.num_pruned(params, gates, expand_units=expand_units)
 
-  def body(_, bounds):  # Invariant: pruned(hi) >= need (hi = all gates closed prunes everything).
+  def body(_, bounds):  # Invariant: pruned(hi) >= need, or hi == max_closed.
     lo, hi = bounds
     mid = (lo + hi) // 2
     ok = pruned(mid) >= need
     return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-  _, hi = jax.lax.fori_loop(0, max(num_gates, 1).bit_length() + 1, body,
-                            (jnp.zeros((), jnp.int32), jnp.asarray(num_gates, jnp.int32)))
+  _, hi = jax.lax.fori_loop(0, max(max_closed, 1).bit_length() + 1, body,
+                            (jnp.zeros((), jnp.int32), jnp.asarray(max_closed, jnp.int32)))
   return closed(hi)

@@ -37,7 +37,7 @@ def uniform(key: jax.Array, shape: tuple[int, ...], *, method: str = 'hash',
     dtype: float dtype of the result.
 
   Returns:
-    ``shape`` array; never exactly 0 or 1.
+    ``shape`` array; never exactly 0 or 1 (for float32 and wider ``dtype``).
   """
   if method == 'threefry':
     return jax.random.uniform(key, shape, dtype, minval=1e-6, maxval=1.0 - 1e-6)
@@ -49,8 +49,27 @@ def uniform(key: jax.Array, shape: tuple[int, ...], *, method: str = 'hash',
     size *= d
   index = jnp.arange(size, dtype=jnp.uint32).reshape(shape)
   bits = _lowbias32(_lowbias32(index ^ seeds[0]) + seeds[1])
-  # 24 high bits -> (k + 0.5) / 2**24, strictly inside (0, 1).
-  return ((bits >> 8).astype(dtype) + 0.5) * (1.0 / (1 << 24))
+  return _bits_to_open_unit(bits, dtype)
+
+
+def _bits_to_open_unit(bits: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """Maps 32-bit words to uniforms strictly inside (0, 1).
+
+  Keeps the 23 high bits ``k`` and returns ``(k + 0.5) / 2**23``. Every such
+  value has at most 24 significant bits, so it is exact in float32 (and
+  float64): the extremes are ``2**-24`` and ``1 - 2**-24``. (With 24 bits,
+  ``(2**24 - 1) + 0.5`` rounds to ``2**24`` in float32 and the result is
+  exactly 1.0.)
+
+  Args:
+    bits: ``uint32`` array of any shape.
+    dtype: float dtype of the result, float32 or wider for the open-interval
+      guarantee.
+
+  Returns:
+    ``bits.shape`` array of ``dtype``.
+  """
+  return ((bits >> 9).astype(dtype) + 0.5) * (1.0 / (1 << 23))
 
 
 def uniform_tree(tree, key: jax.Array, *, method: str = 'hash', num_tasks: int | None = None):

@@ -8,12 +8,15 @@ the count of diverged tasks (non-finite, above ``divergence_threshold``, or more
 than ``divergence_ratio`` times worse than before adaptation).
 The mean and its interval are over the tasks that did not diverge; the count of
 those that did is reported beside them, so a NaN is never silent.
+``summarise_common`` compares models on the same tasks over one subset (the
+tasks none of them diverged on), since each model's own subset differs.
 ``summarise_accuracy`` gives the accuracy's mean +- 95% CI (accuracy never
 "diverges").
 """
 
 import functools
 import math
+from collections.abc import Mapping
 from collections.abc import Sequence
 
 import jax
@@ -111,6 +114,51 @@ def summarise(values: np.ndarray, before: np.ndarray | None = None, *, divergenc
       'num_tasks': int(values.size),
       'num_diverged': int(bad.sum()),
   }
+
+
+def summarise_common(values: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray] | None = None, *,
+                     divergence_threshold: float = 1e3, divergence_ratio: float = 10.0) -> dict[str, dict[str, float]]:
+  """Mean +- 95% CI of several models on the same tasks, over the tasks that none of them diverged on.
+
+  ``summarise`` leaves out each model's own diverged tasks, so two models'
+  means cover different tasks (a model that diverges on its hardest tasks
+  averages over easier ones). A comparison needs one subset: the tasks where no
+  model diverged (``diverged``, the same rule as ``summarise``). Each model's own
+  diverged count is kept beside it.
+
+  Args:
+    values: ``{name: [num_tasks]}`` per-task losses after adaptation; entry ``i``
+      is the same task for every name.
+    before: ``{name: [num_tasks]}`` the same tasks' losses before adaptation
+      (names as ``values``), or None.
+    divergence_threshold: as ``summarise``.
+    divergence_ratio: as ``summarise``.
+
+  Returns:
+    ``{name: {'mean', 'ci95', 'num_common', 'num_tasks', 'num_diverged'}}``:
+    ``mean`` and ``ci95`` over the ``num_common`` tasks no model diverged on
+    (the same for every name; NaN mean when there are none), ``num_tasks`` all
+    the tasks, ``num_diverged`` this model's own diverged count.
+
+  Raises:
+    ValueError: the models' task counts differ.
+  """
+  values = {name: np.asarray(v, np.float64) for name, v in values.items()}
+  if not values:
+    return {}
+  sizes = {name: v.shape for name, v in values.items()}
+  if len(set(sizes.values())) > 1:
+    raise ValueError(f'summarise_common compares models on the same tasks, but the task counts differ: {sizes}.')
+  bad = {name: diverged(v, None if before is None else before[name], divergence_threshold=divergence_threshold,
+                        divergence_ratio=divergence_ratio) for name, v in values.items()}
+  common = ~np.logical_or.reduce(list(bad.values()))
+  out = {}
+  for name, v in values.items():
+    kept = v[common]
+    out[name] = {'mean': float(np.mean(kept)) if kept.size else float('nan'),
+                 'ci95': confidence_interval_95(kept), 'num_common': int(common.sum()),
+                 'num_tasks': int(v.size), 'num_diverged': int(bad[name].sum())}
+  return out
 
 
 def summarise_traces(traces: np.ndarray, steps: Sequence[int], *, divergence_threshold: float = 1e3,

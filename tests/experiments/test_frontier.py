@@ -91,8 +91,14 @@ def test_aggregate_pools_tasks_over_seeds_and_margins_need_separated_intervals()
   assert rnd['num_diverged'] == 1 and rnd['num_tasks'] == 8
   test_utils.assert_close(rnd['mean'], np.mean([3.0, 3.1, 2.9, 3.0, 1.4, 1.0, 1.3]))
   (margin,) = frontier_report.margins(config, rows)
-  test_utils.assert_close(margin['margin'], rnd['mean'] - hc['mean'])
-  assert margin['separated']  # 1.10 +- 0.09 against 2.24 +- 0.69.
+  # The margin compares the 7 tasks neither method diverged on: seed 1's task 0 leaves both means.
+  common_hc, common_rnd = [1.0, 1.1, 0.9, 1.0, 1.3, 1.1, 1.2], [3.0, 3.1, 2.9, 3.0, 1.4, 1.0, 1.3]
+  test_utils.assert_close(margin['reference_mean'], np.mean(common_hc))
+  test_utils.assert_close(margin['baseline_mean'], np.mean(common_rnd))
+  test_utils.assert_close(margin['margin'], np.mean(common_rnd) - np.mean(common_hc))
+  test_utils.assert_close(margin['reference_ci95'], 1.96 * np.std(common_hc, ddof=1) / np.sqrt(7))
+  assert margin['num_common'] == 7 and margin['reference_num_diverged'] == 0 and margin['baseline_num_diverged'] == 1
+  assert margin['separated']  # 1.09 +- 0.09 against 2.24 +- 0.69.
   records[2]['per_task']['shots_5']['step_1'] = [1.0, 1.9, 0.4, 1.6]  # Now the intervals overlap.
   (margin,) = frontier_report.margins(config, frontier_report.aggregate(config, records))
   assert margin['margin'] > 0 and not margin['separated']
@@ -100,6 +106,17 @@ def test_aggregate_pools_tasks_over_seeds_and_margins_need_separated_intervals()
   records[3]['per_task']['shots_5']['step_1'] = [0.10, 0.12, 0.08, 0.10]
   (margin,) = frontier_report.margins(config, frontier_report.aggregate(config, records))
   assert margin['margin'] < 0 and margin['separated']
+
+
+def test_margins_compare_only_the_seeds_both_methods_ran():
+  config = _tiny_config()
+  config.eval.steps = (1,)
+  before = [10.0] * 2
+  records = [_record('hard_concrete', 0.9, 0, [1.0, 2.0], before),
+             _record('hard_concrete', 0.9, 1, [5.0, 6.0], before),
+             _record('random', 0.9, 1, [3.0, 4.0], before)]  # Seed 0 of random failed.
+  (margin,) = frontier_report.margins(config, frontier_report.aggregate(config, records))
+  assert margin['num_common'] == 2 and margin['reference_mean'] == 5.5 and margin['baseline_mean'] == 3.5
 
 
 def test_grid_runs_dense_once_per_seed_and_names_points():

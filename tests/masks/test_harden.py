@@ -20,21 +20,87 @@ EXPAND = rnn.unit_keep_factors
 
 @pytest.mark.parametrize('granularity', ['weight', 'out_unit'])
 @pytest.mark.parametrize('target', [0.0, 0.5, 0.9])
-def test_harden_reaches_at_least_the_target_and_keeps_the_highest_logits(granularity, target):
+def test_harden_closes_the_lowest_logits_but_one_per_leaf_up_to_the_target(granularity, target):
   params = trees.mlp_params()
   logits = jax.tree.map(lambda g: jax.random.normal(jax.random.key(g.size), g.shape),
                         hard_concrete.init_gate_logits(params, granularity))
   hard = harden.harden(params, logits, target)
-  realised = float(sparsity.realised_sparsity(params, hard, HC))
-  assert realised >= target - 1e-6
-  if granularity == 'weight':
-    assert realised == pytest.approx(np.ceil(target * 25 - 1e-9) / 25)
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(logits)])
+  kernels = [params['Dense_0']['kernel'], params['Dense_1']['kernel']]
+  sizes = np.concatenate([np.full(la.size, k.size // la.size) for k, la in zip(kernels, jax.tree.leaves(logits))])
+  floor = np.concatenate([_top_of_leaf(x) for x in jax.tree.leaves(logits)])
+  # The documented rule, written out: close gates in ascending (stable) order, skipping each leaf's highest,
+  # until ceil(target * 25) weights are pruned or only the kept ones are left.
+  need = np.ceil(target * 25 - 1e-9)
+  expected_closed = np.zeros(flat.size, bool)
+  for i in np.argsort(flat, kind='stable'):
+    if np.sum(sizes[expected_closed]) >= need:
+      break
+    expected_closed[i] = not floor[i]
   kept = np.concatenate([np.ravel(x) for x in jax.tree.leaves(hard)]) > 0
-  if kept.any() and (~kept).any():
-    assert flat[kept].min() >= flat[~kept].max()  # Lowest logits are the ones pruned.
+  test_utils.assert_equal(kept, ~expected_closed)
+  realised = float(sparsity.realised_sparsity(params, hard, HC))
+  assert realised == np.float32(np.sum(sizes[expected_closed]) / 25)
+  if granularity == 'weight':
+    assert realised == np.float32(need / 25)  # 25 weights gated one by one: the exact count is reachable.
   for z in jax.tree.leaves(hard_concrete.deterministic_gates(hard, HC)):
     assert set(np.unique(np.asarray(z))) <= {0.0, 1.0}
+
+
+def _top_of_leaf(logits):
+  """``[size]`` bool: the last position of the leaf's maximum (the gate a stable ascending sort ranks highest)."""
+  values = np.ravel(np.asarray(logits))
+  top = np.zeros(values.size, bool)
+  top[values.size - 1 - np.argmax(values[::-1])] = True
+  return top
+
+
+def _open_per_leaf(hard):
+  return [int(np.sum(np.asarray(x) > 0)) for x in jax.tree.leaves(hard)]
+
+
+def test_out_unit_harden_keeps_one_unit_of_a_layer_the_global_threshold_would_empty():
+  params = trees.mlp_params()  # out_unit gates: Dense_0 [5] x 3 weights, Dense_1 [2] x 5 weights; N = 25.
+  logits = {'Dense_0': {'kernel': jnp.array([1.0, 2.0, 3.0, 4.0, 5.0]), 'bias': None},
+            'Dense_1': {'kernel': jnp.array([-2.0, -1.0]), 'bias': None}}
+  # ceil(0.4 * 25) = 10 weights: the global threshold alone closes both Dense_1 units (5 + 5), emptying it.
+  hard = harden.harden(params, logits, 0.4)
+  test_utils.assert_equal(hard['Dense_1']['kernel'] > 0, [False, True])  # Its highest unit stays open.
+  # The 5 weights it keeps are made up by Dense_0's two lowest units: 5 + 3 + 3 = 11 >= 10, the fewest gates.
+  test_utils.assert_equal(hard['Dense_0']['kernel'] > 0, [False, False, True, True, True])
+  assert float(sparsity.realised_sparsity(params, hard, HC)) == np.float32(11 / 25)
+
+
+def test_in_unit_harden_keeps_one_input_per_layer_and_caps_an_unreachable_target():
+  params = trees.mlp_params()  # in_unit gates: Dense_0 [3, 1] x 5 weights, Dense_1 [5, 1] x 2 weights.
+  logits = {'Dense_0': {'kernel': jnp.array([[0.0], [3.0], [3.0]]), 'bias': None},
+            'Dense_1': {'kernel': jnp.array([[1.0], [2.0], [1.0], [2.0], [1.0]]), 'bias': None}}
+  # 0.9 * 25 needs 23 pruned; one input per layer open leaves at most 25 - 5 - 2 = 18.
+  hard = jax.jit(harden.harden, static_argnums=(2,))(params, logits, 0.9)
+  test_utils.assert_equal(hard['Dense_0']['kernel'][:, 0] > 0, [False, False, True])  # Last of the tied maxima.
+  test_utils.assert_equal(hard['Dense_1']['kernel'][:, 0] > 0, [False, False, False, True, False])
+  assert float(sparsity.realised_sparsity(params, hard, HC)) == np.float32(18 / 25)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_hidden_unit_harden_keeps_the_highest_hidden_unit(cell):
+  params = trees.rnn_params(cell, hidden=4)
+  logits = hard_concrete.init_gate_logits(params, hard_concrete.default_granularity('hidden_unit'))
+  logits = jax.tree.map(lambda la: jnp.array([0.5, -1.0, 2.0, -3.0]), logits)
+  hard = harden.harden(params, logits, 0.99, expand_units=EXPAND)
+  assert _open_per_leaf(hard) == [1]
+  test_utils.assert_equal(jax.tree.leaves(hard)[0] > 0, [False, False, True, False])
+  effective = trees.effective_keep(params, hard_concrete.deterministic_gates(hard, HC))
+  assert all(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(effective))  # No leaf emptied.
+
+
+@pytest.mark.parametrize('granularity', ['weight', 'out_unit', 'in_unit'])
+def test_no_gated_leaf_is_emptied_at_any_target(granularity):
+  params = trees.mlp_params()
+  logits = jax.tree.map(lambda g: jax.random.normal(jax.random.key(3), g.shape),
+                        hard_concrete.init_gate_logits(params, granularity))
+  for target in (0.5, 0.8, 0.95, 0.99):
+    assert min(_open_per_leaf(harden.harden(params, logits, target))) >= 1
 
 
 @pytest.mark.parametrize('seed', range(5))

@@ -1,6 +1,7 @@
 """Keyed hash noise: uniform, independent across keys and indices."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,6 +16,17 @@ def test_hash_noise_is_uniform_in_open_interval():
   chi2 = np.sum((counts - expected) ** 2 / expected)
   assert chi2 < 43.8  # 99.9% quantile of chi^2 with 19 degrees of freedom.
   np.testing.assert_allclose(u.var(), 1 / 12, rtol=1e-2)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, np.float64])
+def test_extreme_bit_patterns_map_strictly_inside_unit_interval(dtype):
+  # All ones used to map to (2**24 - 1 + 0.5) / 2**24, which rounds to exactly 1.0 in float32.
+  bits = jnp.array([0x00000000, 0x000001FF, 0xFFFFFE00, 0xFFFFFFFF], dtype=jnp.uint32)
+  with jax.enable_x64(dtype == np.float64):
+    u = np.asarray(noise._bits_to_open_unit(bits, dtype))
+  expected = np.array([2.0**-24, 2.0**-24, 1 - 2.0**-24, 1 - 2.0**-24])
+  np.testing.assert_array_equal(u, expected.astype(u.dtype))
+  assert np.all(u > 0.0) and np.all(u < 1.0)
 
 
 def test_hash_noise_has_no_serial_or_cross_key_correlation():

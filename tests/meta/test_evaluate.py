@@ -32,6 +32,27 @@ def test_diverged_tasks_are_counted_not_averaged():
   assert np.isfinite(s['median']) and not np.isfinite(s['mean_all'])
 
 
+def test_common_summary_averages_both_models_over_the_tasks_neither_diverged_on():
+  # Model a diverges on task 1 (nan), model b on task 3 (> 10x its loss before adapting): summarise drops a
+  # different task from each mean; summarise_common drops both from both.
+  a = np.array([1.0, np.nan, 3.0, 4.0, 5.0])
+  b = np.array([2.0, 2.0, 2.0, 40.0, 2.0])
+  before = np.array([3.0, 3.0, 3.0, 3.0, 3.0])
+  assert evaluate.summarise(a, before)['mean'] == np.mean([1.0, 3.0, 4.0, 5.0])
+  assert evaluate.summarise(b, before)['mean'] == np.mean([2.0, 2.0, 2.0, 2.0])
+  common = evaluate.summarise_common({'a': a, 'b': b}, {'a': before, 'b': before})
+  assert common['a']['mean'] == np.mean([1.0, 3.0, 5.0]) and common['b']['mean'] == 2.0
+  test_utils.assert_close(common['a']['ci95'], 1.96 * np.std([1.0, 3.0, 5.0], ddof=1) / np.sqrt(3))
+  assert common['b']['ci95'] == 0.0
+  assert [common[m]['num_common'] for m in 'ab'] == [3, 3] and [common[m]['num_tasks'] for m in 'ab'] == [5, 5]
+  assert common['a']['num_diverged'] == 1 and common['b']['num_diverged'] == 1  # Each model's own count.
+  # Without losses before adapting only the threshold and non-finite values count: b's 40.0 stays in.
+  unpaired = evaluate.summarise_common({'a': a, 'b': b})
+  assert unpaired['b']['num_common'] == 4 and unpaired['b']['mean'] == np.mean([2.0, 2.0, 40.0, 2.0])
+  with pytest.raises(ValueError, match='same tasks'):
+    evaluate.summarise_common({'a': a, 'b': b[:4]})
+
+
 def test_traces_start_at_the_unadapted_loss_and_chunks_agree():
   model = mlp.make_mlp((8,), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']

@@ -35,6 +35,62 @@ def test_second_order_meta_gradient_matches_finite_differences(adapt_gates):
     assert abs(float(fd)) > 1e-6  # A direction the loss actually moves along.
 
 
+def _float64_dense_problem():
+  """``(meta_params, tasks, loss_fn)`` of a 1-3-1 tanh MLP (10 weights, no gates) and 2 tasks, in float64."""
+  meta_params, tasks, loss_fn = common.mlp_problem(hidden=(3,), num_tasks=2, shots=3)
+  params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params['params'])
+  return {'params': params, 'gate_logits': None}, jax.tree.map(lambda x: x.astype(jnp.float64), tasks), loss_fn
+
+
+def _central_differences(f, flat, unravel, eps=1e-5):
+  """``[n]``: ``(f(x + eps e_i) - f(x - eps e_i)) / (2 eps)`` for every coordinate ``i`` of ``flat [n]``."""
+  basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
+  return jnp.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in basis])
+
+
+@pytest.mark.parametrize('num_inner_steps', [1, 2])
+def test_second_order_meta_gradient_matches_central_differences_in_every_coordinate(num_inner_steps):
+  # The CI stand-in for tests/benchmarks/test_torch_func_reference.py (skipped where torch is absent): plain
+  # MAML, gates off, checked against the outer loss itself rather than another implementation.
+  with jax.enable_x64(True):
+    meta_params, tasks, loss_fn = _float64_dense_problem()
+    flat, unravel = jax.flatten_util.ravel_pytree(meta_params)
+
+    def meta_gradient(first_order):
+      settings = InnerSettings(inner_lr=0.3, num_inner_steps=num_inner_steps, first_order=first_order)
+      f = jax.jit(lambda mp: maml.maml(loss_fn).batch_loss(mp, tasks, jax.random.key(0), settings=settings,
+                                                            gate_mode='off'))
+      return f, jax.flatten_util.ravel_pytree(jax.grad(f)(meta_params))[0]
+
+    outer_loss, second_order = meta_gradient(first_order=False)
+    expected = _central_differences(outer_loss, flat, unravel)
+    assert expected.shape == (10,) and float(jnp.abs(expected).min()) > 1e-6  # Every coordinate moves the loss.
+    test_utils.assert_close(second_order, expected, rtol=1e-6, atol=1e-9)
+    # The check sees the second-order term: the first-order gradient, which drops it, is far outside the tolerance.
+    _, first_order = meta_gradient(first_order=True)
+    assert float(jnp.max(jnp.abs(first_order - expected))) > 1e3 * float(jnp.max(1e-6 * jnp.abs(expected) + 1e-9))
+
+
+@pytest.mark.parametrize('num_inner_steps', [1, 2])
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_params(num_inner_steps):
+  with jax.enable_x64(True):
+    meta_params, tasks, loss_fn = _float64_dense_problem()
+    inner_lr = 0.3
+    expected = []
+    for i in range(2):  # FOMAML's definition, written out: plain SGD on the support set, then grad at the end.
+      t = common.task(tasks, i)
+      adapted = meta_params['params']
+      for _ in range(num_inner_steps):
+        grads = jax.grad(loss_fn)(adapted, t.support_inputs, t.support_targets)
+        adapted = jax.tree.map(lambda w, g: w - inner_lr * g, adapted, grads)
+      expected.append(jax.grad(loss_fn)(adapted, t.query_inputs, t.query_targets))
+    expected = jax.tree.map(lambda *g: sum(g) / len(g), *expected)
+    settings = InnerSettings(inner_lr=inner_lr, num_inner_steps=num_inner_steps)
+    ours = jax.grad(lambda mp: maml.fomaml(loss_fn).batch_loss(mp, tasks, jax.random.key(0), settings=settings,
+                                                                gate_mode='off'))(meta_params)
+    test_utils.assert_trees_all_close(ours['params'], expected, rtol=1e-12, atol=1e-14)
+
+
 def _first_order_reference(loss_fn, task, inner_lr):
   """One inner step with gates held at their deterministic values and the inner gradient a constant."""
   def reference(mp):

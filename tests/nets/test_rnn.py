@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,3 +229,136 @@ def test_unit_keep_factors_count_each_weight_once():
   assert rec[0, 1] == 0.5 and rec[1, 0] == 0.5 and rec[0, 2] == 0.0 and rec[3, 4] == 1.0
   test_utils.assert_equal(factors['unit_scale'], keep)
   test_utils.assert_equal(factors['readout']['kernel'][:, 0], keep)
+
+
+# An independent reference: the cell equations written out in float64 numpy, one matrix per gate, from the
+# documented layout (gate k of unit j in column k*H + j; LSTM gates i, f, g, o; GRU gates r, z, n).
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _gate_blocks(params, names):
+  """``{gate: (W [in, H], U [H, H], b [H])}`` in float64, cut from the documented column blocks."""
+  w, u, b = (np.asarray(params[k], np.float64) for k in ('input_kernel', 'recurrent_kernel', 'bias'))
+  hidden = u.shape[0]
+  return {name: (w[:, k * hidden:(k + 1) * hidden], u[:, k * hidden:(k + 1) * hidden],
+                 b[k * hidden:(k + 1) * hidden]) for k, name in enumerate(names)}
+
+
+def _numpy_lstm(params, inputs):
+  """``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')`` from zero state: hidden states ``[time, batch, H]``."""
+  gates = _gate_blocks(params, 'ifgo')
+  x = np.asarray(inputs, np.float64)
+  h = c = np.zeros((x.shape[0], gates['i'][1].shape[0]))
+  hs = []
+  for t in range(x.shape[1]):
+    pre = {name: x[:, t] @ w + h @ u + b for name, (w, u, b) in gates.items()}
+    c = _sigmoid(pre['f']) * c + _sigmoid(pre['i']) * np.tanh(pre['g'])
+    h = _sigmoid(pre['o']) * np.tanh(c)
+    hs.append(h)
+  return np.stack(hs)
+
+
+def _numpy_gru(params, inputs):
+  """``r, z = s(x W + h U + b)``, ``n = tanh(x W_n + (r h) U_n + b_n)``, ``h' = (1 - z) n + z h``.
+
+  Returns the hidden states ``[time, batch, H]`` from the zero state.
+  """
+  gates = _gate_blocks(params, 'rzn')
+  (w_r, u_r, b_r), (w_z, u_z, b_z), (w_n, u_n, b_n) = gates['r'], gates['z'], gates['n']
+  x = np.asarray(inputs, np.float64)
+  h = np.zeros((x.shape[0], u_r.shape[0]))
+  hs = []
+  for t in range(x.shape[1]):
+    r = _sigmoid(x[:, t] @ w_r + h @ u_r + b_r)
+    z = _sigmoid(x[:, t] @ w_z + h @ u_z + b_z)
+    n = np.tanh(x[:, t] @ w_n + (r * h) @ u_n + b_n)
+    h = (1.0 - z) * n + z * h
+    hs.append(h)
+  return np.stack(hs)
+
+
+NUMPY_CELLS = {'lstm': _numpy_lstm, 'gru': _numpy_gru}
+
+
+def _numpy_masked(params, masks):
+  """``params * masks`` leaf by leaf in float64 (the definition of a weight mask)."""
+  return jax.tree.map(lambda p, m: np.asarray(p, np.float64) * np.asarray(m, np.float64), params, masks)
+
+
+def _numpy_readout(params, hs):
+  """``[time, batch, H] -> [batch, time, out]``."""
+  readout = params['readout']
+  return np.swapaxes(hs, 0, 1) @ np.asarray(readout['kernel'], np.float64) + np.asarray(readout['bias'], np.float64)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+@pytest.mark.parametrize('mask_kind', ['ones', 'random'])
+def test_masked_cells_match_the_numpy_equations(cell, mask_kind):
+  params, inputs, apply = _setup(cell)
+  keys = iter(jax.random.split(jax.random.key(11), 8))
+  if mask_kind == 'ones':
+    masks = jax.tree.map(jnp.ones_like, params)
+  else:  # Every weight, bias and readout entry kept with probability 0.6.
+    masks = jax.tree.map(lambda p: jax.random.bernoulli(next(keys), 0.6, p.shape).astype(jnp.float32), params)
+  reference = _numpy_masked(params, masks)
+  expected_hs = NUMPY_CELLS[cell](reference, inputs)
+  _, hs = jax.jit(functools.partial(rnn.hidden_states, cell=cell))(params, inputs, masks)
+  test_utils.assert_close(hs, expected_hs, rtol=1e-5, atol=1e-5)
+  test_utils.assert_close(apply(params, inputs, masks), _numpy_readout(reference, expected_hs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_a_closed_unit_gate_gives_the_equations_value(cell):
+  init = CELLS[cell][0]
+  _, inputs, apply = _setup(cell)
+  params = init(jax.random.key(4), IN, HIDDEN, OUT, unit_scale=True)
+  params = dict(params, unit_scale=jnp.linspace(0.5, 1.5, HIDDEN))  # A trained gain, not just ones.
+  unit, num_gates = 1, rnn.NUM_GATES[cell]
+  gates = jnp.ones((HIDDEN,)).at[unit].set(0.0)
+  masks = dict(jax.tree.map(lambda _: None, params), unit_scale=gates)
+  # The documented expansion, in numpy: unit j's gain times gate scales its G columns of the input kernel,
+  # recurrent kernel and bias, its recurrent row and its readout row.
+  scale = np.asarray(params['unit_scale'] * gates, np.float64)
+  columns = np.tile(scale, num_gates)
+  reference = {'input_kernel': np.asarray(params['input_kernel'], np.float64) * columns,
+               'recurrent_kernel': np.asarray(params['recurrent_kernel'], np.float64) * scale[:, None] * columns,
+               'bias': np.asarray(params['bias'], np.float64) * columns,
+               'readout': {'kernel': np.asarray(params['readout']['kernel'], np.float64) * scale[:, None],
+                           'bias': np.asarray(params['readout']['bias'], np.float64)}}
+  expected_hs = NUMPY_CELLS[cell](reference, inputs)
+  # The equations with all of the unit's pre-activations 0, from the zero state: LSTM c' = c / 2 + 0 and
+  # h' = tanh(c') / 2, GRU h' = tanh(0) / 2 + h / 2; both stay exactly 0.
+  np.testing.assert_array_equal(expected_hs[:, :, unit], 0.0)
+  _, hs = rnn.hidden_states(params, inputs, masks, cell=cell)
+  test_utils.assert_equal(hs[:, :, unit], jnp.zeros((TIME, BATCH)))
+  test_utils.assert_close(hs, expected_hs, rtol=1e-5, atol=1e-5)
+  test_utils.assert_close(apply(params, inputs, masks), _numpy_readout(reference, expected_hs), rtol=1e-5,
+                          atol=1e-5)
+
+
+def test_masked_lstm_matches_flax_lstm_cell():
+  # Flax's LSTMCell has the same equations and gate order: ii/if/ig/io are the input kernel's column blocks,
+  # hi/hf/hg/ho the recurrent kernel's, and the summed bias sits on the recurrent Dense. (Flax's GRUCell applies
+  # the reset after the recurrent matmul, r * (h U_n + b_hn), a different cell from the Cho et al. form here,
+  # so the GRU is checked against the numpy equations only.)
+  params, inputs, _ = _setup('lstm')
+  masks = jax.tree.map(lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.7, p.shape).astype(jnp.float32),
+                       params)
+  masked = masking.apply_masks(params, masks)
+  flax_params = {}
+  for k, gate in enumerate('ifgo'):
+    block = slice(k * HIDDEN, (k + 1) * HIDDEN)
+    flax_params['i' + gate] = {'kernel': masked['input_kernel'][:, block]}
+    flax_params['h' + gate] = {'kernel': masked['recurrent_kernel'][:, block], 'bias': masked['bias'][block]}
+  flax_cell = nn.LSTMCell(features=HIDDEN)
+  step = jax.jit(lambda carry, x: flax_cell.apply({'params': flax_params}, carry, x))
+  carry = (jnp.zeros((BATCH, HIDDEN)), jnp.zeros((BATCH, HIDDEN)))
+  expected = []
+  for t in range(TIME):
+    carry, h = step(carry, inputs[:, t])
+    expected.append(h)
+  _, hs = rnn.hidden_states(params, inputs, masks, cell='lstm')
+  test_utils.assert_close(hs, jnp.stack(expected), rtol=1e-5, atol=1e-6)

@@ -45,8 +45,9 @@ def test_filter_masks_remove_whole_units_by_l1_norm_and_keep_the_head():
     assert per_unit.sum() == 4  # floor(0.5 * 8 + 0.5) of 8 units removed.
   assert masks['Dense_0']['kernel'][0, 3] == 0 and masks['Dense_0']['kernel'][0, 5] == 1
   test_utils.assert_equal(masks['Dense_2']['kernel'], np.ones((8, 1)))
-  # Half of the units of a layer: sparsity over the kernels follows from the layer sizes.
-  assert 0.0 < float(sparsity.mask_sparsity(masks)) < 0.5
+  # Half of the units of a layer: 4 of 8 columns of Dense_0 [1, 8] and Dense_1 [8, 8] (4 + 32 zeros), the head
+  # [8, 1] all ones: 36 of 80 kernel entries.
+  assert float(sparsity.mask_sparsity(masks)) == np.float32(36 / 80)
 
 
 def test_filter_masks_prune_conv_filters():
