@@ -45,6 +45,7 @@ _PYTHON_LOOP = flags.DEFINE_bool('inner_python_loop', True, 'Unroll the inner st
 def bench_config(variant: str):
   config = omniglot_config.get_config()
   config.task.ways, config.task.shots, config.task.queries = _WAYS.value, 1, _QUERIES.value
+  config.task.train_shift = 0
   config.model.conv_width, config.model.conv_depth = 64, 4
   config.outer.meta_batch_size = _META_BATCH_SIZE.value
   config.inner.num_inner_steps, config.inner.first_order = 1, False

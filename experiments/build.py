@@ -150,10 +150,16 @@ def gates_for(config, problem: problems.Problem) -> gate_source.GateSource:
                                        expand_units=problem.expand_units)
 
 
+def bn_mode(config) -> str:
+  """``config.bn_mode``: ``'transductive'`` (also for a task without the field: no batch norm) or ``'inductive'``."""
+  return str(config.get('bn_mode', 'transductive'))
+
+
 def learner_for(config, problem: problems.Problem, execution: Execution) -> Learner:
-  """The algorithm ``config.algorithm`` names, built for ``problem``."""
+  """The algorithm ``config.algorithm`` names, built for ``problem`` (inductive with ``bn_mode='inductive'``)."""
   return learners.get_learner(config.algorithm, loss_fn=problem.loss_fn, accuracy_fn=problem.accuracy_fn,
-                              embed_fn=problem.embed_fn, head_keys=tuple(problem.head_keys), execution=execution)
+                              embed_fn=problem.embed_fn, head_keys=tuple(problem.head_keys), execution=execution,
+                              inductive=bn_mode(config) == 'inductive')
 
 
 def initial_gate_logits(config, problem: problems.Problem, params):
@@ -275,21 +281,27 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                     make_step, evaluate, sparsity_report)
 
 
-def load(workdir: str, *, data_dir: str | None = None) -> tuple[Experiment, step_lib.MetaState]:
+def load(workdir: str, *, data_dir: str | None = None,
+         overrides: dict | None = None) -> tuple[Experiment, step_lib.MetaState]:
   """The experiment of the run in ``workdir`` (its ``config.json``) and its newest checkpoint's state.
 
   Args:
     workdir: a folder written by ``python -m experiments.maml_prune``.
     data_dir: replaces ``task.data_dir`` (the data is read only to rebuild the problem).
+    overrides: ``{dotted config path: value}`` applied before building, e.g.
+      ``{'eval.split': 'test'}``; fields that change training are the caller's to refuse.
 
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
+    ConfigError: an override names no field of the run's config or has the wrong type.
   """
   run = checkpoint.load_run(workdir)
   config = run.config
   config_check.fill_missing(config)  # A run saved before a field existed gets its default.
   if data_dir:
     config.task.data_dir = data_dir
+  if overrides:
+    config_check.apply_overrides(config, overrides)
   exp = build(config)
   state = checkpoint.restore_latest(exp.init_state(), workdir)
   return exp, state

@@ -132,6 +132,28 @@ def check_fields(config: ml_collections.ConfigDict, defaults: ml_collections.Con
                       f'{_task_name(config)!r}.')
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+  """Sets ``{dotted path: value}`` in ``config`` in place, each checked like a ``--config.PATH=VALUE`` flag.
+
+  Raises:
+    ConfigError: a path that is not a field of ``config`` (naming the closest one) or a value of another type.
+  """
+  have = leaf_paths(config)
+  for path, value in overrides.items():
+    if path not in have:
+      raise ConfigError(unknown_field_message(path, sorted(have)))
+    expected, got = kind(have[path]), kind(value)
+    if have[path] is not None and expected != got and not (expected == 'float' and got == 'int'):
+      raise ConfigError(f'--config.{path}={value!r} is invalid: expected a {expected} (like the run\'s '
+                        f'{have[path]!r}), got a {got}.')
+    section, _, leaf = path.rpartition('.')
+    target = config
+    for name in section.split('.') if section else ():
+      target = target[name]
+    with target.ignore_type():
+      target[leaf] = float(value) if expected == 'float' else value
+
+
 def _task_name(config) -> str | None:
   task = config.get('task')
   return task.get('name') if isinstance(task, ml_collections.ConfigDict) else task

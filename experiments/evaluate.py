@@ -1,4 +1,12 @@
-"""Evaluate a trained run on user episode folders.
+"""Evaluate a trained run on a held-out split or on user episode folders.
+
+``python -m experiments.evaluate --workdir=RUN --split=test`` evaluates the run's
+test split once its recipe is final (``--split=validation`` re-reads the
+validation split), with the run's own evaluation settings or
+``--override=eval.FIELD=VALUE`` (repeatable; also ``bn_mode``); it writes
+``RUN/heldout/<split>[__overrides].json`` and records a test evaluation in
+``RUN/test_evaluations.jsonl``; a second test evaluation with the same settings
+is refused unless ``--again`` (``experiments/heldout.py``).
 
 ``python -m experiments.evaluate --workdir=RUN --episodes=DIR`` restores the
 newest checkpoint of ``RUN`` (with its ``config.json``) and evaluates it on
@@ -18,6 +26,7 @@ With ``config.algorithm='protonet'`` any N works. The head-based learners
 ``ways`` classes (labels are the sorted class names).
 """
 
+import ast
 import json
 import os
 import sys
@@ -28,6 +37,7 @@ import numpy as np
 import optax
 
 from experiments import build
+from experiments import heldout
 from experiments import workdir as workdir_lib
 from metaprune_jax.data import episode_folders
 from metaprune_jax.export import artifact
@@ -39,7 +49,11 @@ def define_flags() -> None:
   """The launcher's flags (defined only when run as a script, so tests and other launchers can import this module)."""
   flags.DEFINE_string('workdir', None, 'A run folder written by experiments.maml_prune, or an export '
                       'folder written by experiments.export.', required=True)
-  flags.DEFINE_string('episodes', None, 'Folder of episodes (see the module docstring).', required=True)
+  flags.DEFINE_string('episodes', None, 'Folder of episodes (see the module docstring).')
+  flags.DEFINE_enum('split', None, list(heldout.SPLITS), "Evaluate the run's held-out split instead of --episodes.")
+  flags.DEFINE_multi_string('override', [], '--split only: PATH=VALUE of an evaluation setting (eval.* or '
+                            "bn_mode), e.g. --override=eval.num_tasks=1000; values are Python literals or strings.")
+  flags.DEFINE_bool('again', False, '--split=test only: evaluate although the test ledger holds these settings.')
   flags.DEFINE_string('output', None, 'JSON output path (default: WORKDIR/episodes_eval.json, or '
                       './episodes_eval.json when WORKDIR is not writable).')
   flags.DEFINE_enum('gate_mode', 'deterministic', ['deterministic', 'off'],
@@ -108,9 +122,58 @@ def evaluate_episodes(workdir: str, episodes_dir: str, *, gate_mode: str = 'dete
                   num_inner_steps=int(config.inner.num_inner_steps), image_size=int(config.task.image_size))
 
 
+def parse_overrides(items: list[str]) -> dict:
+  """``['eval.num_tasks=1000', 'bn_mode=inductive']`` -> ``{'eval.num_tasks': 1000, 'bn_mode': 'inductive'}``."""
+  overrides = {}
+  for item in items:
+    path, sep, text = item.partition('=')
+    if not sep or not path:
+      raise ValueError(f'--override={item!r} is invalid: use PATH=VALUE, e.g. --override=eval.num_tasks=1000')
+    try:
+      overrides[path.strip()] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[path.strip()] = text
+  return overrides
+
+
+def _print_heldout(record: dict) -> None:
+  for model, by_episode in record['eval'].items():
+    if not model.endswith('/accuracy') and f'{model}/accuracy' in record['eval']:
+      continue
+    for name, by_step in by_episode.items():
+      for step, stats in by_step.items():
+        print(f"{record['split']} {model} {name} {step}: {stats['mean']:.4f} +- {stats['ci95']:.4f} (95% CI, "
+              f"{stats.get('num_tasks', record['eval_num_tasks'])} tasks)")
+
+
+def _main_heldout() -> None:
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  try:
+    record = heldout.evaluate_run(FLAGS.workdir, split=FLAGS.split, overrides=parse_overrides(FLAGS.override),
+                                  data_dir=FLAGS.data_dir, again=FLAGS.again)
+  except (ValueError, OSError) as e:  # ConfigError and RepeatedTestError are ValueErrors.
+    print(f'error: --workdir={FLAGS.workdir}: {e}', file=sys.stderr)
+    sys.exit(2)
+  _print_heldout(record)
+  if record.get('test_evaluation', 1) > 1:
+    print(f"this is test evaluation {record['test_evaluation']} with these settings (see "
+          f'{heldout.LEDGER_FILE})')
+  print(f"wrote {os.path.join(FLAGS.workdir, heldout.RESULTS_FOLDER)}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if (flags.FLAGS.split is None) == (flags.FLAGS.episodes is None):
+    print('error: pass exactly one of --split=validation|test (the run\'s held-out split) and --episodes=DIR',
+          file=sys.stderr)
+    sys.exit(2)
+  if flags.FLAGS.split is not None:
+    _main_heldout()
+    return
+  if flags.FLAGS.override or flags.FLAGS.again:
+    print('error: --override and --again apply to --split only', file=sys.stderr)
+    sys.exit(2)
   try:
     output = workdir_lib.output_path(flags.FLAGS.workdir, flags.FLAGS.output, 'episodes_eval.json')
     if os.path.dirname(os.path.abspath(output)) != os.path.abspath(flags.FLAGS.workdir) and not flags.FLAGS.output:

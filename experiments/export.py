@@ -73,15 +73,20 @@ def _check_out(workdir: str, out: str) -> None:
     raise ValueError(f'--out={out} exists and is not an export folder; pass an empty or new folder.')
 
 
+def _query_reference(spec, task) -> dict:
+  """``{'reference': support}`` for an inductive spec (batch norm over the query with the support's statistics)."""
+  return {'reference': task.support_inputs} if model_lib.bn_mode(spec) == 'inductive' else {}
+
+
 def masked_predictor(exp, meta_params, spec):
   """A jitted ``tasks -> (before, after)``: the masked model's query outputs ``[tasks, query, ...]`` before and
-  after the learner adapts (prototype logits, twice, for a prototypical network)."""
+  after the learner adapts (prototype logits, twice, for a prototypical network), in ``spec``'s bn mode."""
   problem, settings = exp.problem, exp.eval_settings._replace(num_inner_steps=int(spec['num_inner_steps']))
   masked = adapt.masked_params(meta_params, None, 'deterministic', exp.settings.hc)
   if not model_lib.adapts(spec):
     def logits(task):
       out = protonet.prototype_logits(problem.embed_fn(masked, task.support_inputs), task.support_targets,
-                                      problem.embed_fn(masked, task.query_inputs))
+                                      problem.embed_fn(masked, task.query_inputs, **_query_reference(spec, task)))
       return out, out
     return jax.jit(jax.vmap(logits))
   keys = tuple(spec['adapt_keys']) if spec['adapt_keys'] else None
@@ -89,7 +94,9 @@ def masked_predictor(exp, meta_params, spec):
   def both(task):
     fast, effective = adapt.adapt_task(meta_params, task, None, problem.loss_fn, settings, exp.execution._replace(
         python_loop=False), 'deterministic', None, adapt_keys=keys)
-    return problem.apply_fn(masked, task.query_inputs), problem.apply_fn(effective(fast), task.query_inputs)
+    reference = _query_reference(spec, task)
+    return (problem.apply_fn(masked, task.query_inputs, **reference),
+            problem.apply_fn(effective(fast), task.query_inputs, **reference))
   return jax.jit(jax.vmap(both))
 
 
@@ -97,7 +104,9 @@ def exported_predictor(model):
   """The same for an ``ExportedModel``: a jitted ``tasks -> (before, after)``."""
   def both(task):
     after = model.predict(task.support_inputs, task.support_targets, task.query_inputs)
-    return (model.apply(model.params, task.query_inputs) if model_lib.adapts(model.spec) else after), after
+    if not model_lib.adapts(model.spec):
+      return after, after
+    return model.apply(model.params, task.query_inputs, **_query_reference(model.spec, task)), after
   return jax.jit(jax.vmap(both))
 
 

@@ -29,6 +29,7 @@ def model_spec(config, *, inner: str = 'eval') -> dict:
     spec['activation'] = str(config.model.activation)
   elif arch == 'conv4':
     spec['image_size'] = int(config.task.image_size)
+    spec['bn_mode'] = str(config.get('bn_mode', 'transductive'))  # How predict normalises the query images.
     if config.algorithm != 'protonet':  # Per-task adapted weights under vmap: im2col, not a grouped conv.
       spec['conv_method'] = 'patches'
   else:

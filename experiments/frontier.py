@@ -120,7 +120,8 @@ def fingerprint(config) -> str:
 
 def _train_run_state(exp: build_lib.Experiment, run_dir: str):
   """Meta-trains with ``train.run`` in ``run_dir`` and restores its final state."""
-  summary = train.run(exp.config, run_dir)
+  # Quiet: a spawned worker has no absl launcher, so train.run would print its progress lines to our stdout.
+  summary = train.run(exp.config, run_dir, progress=train.quiet)
   state = checkpoint.restore_latest(exp.init_state(), run_dir)
   if state is None or int(state.step) != int(exp.config.outer.num_outer_steps):
     raise RuntimeError(f'{run_dir} holds no final checkpoint after train.run; delete it and rerun.')

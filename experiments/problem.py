@@ -9,6 +9,12 @@ from metaprune_jax import types
 class Problem(NamedTuple):
   """Everything the training loop needs to know about a task family.
 
+  The functions that see query inputs (``loss_fn``, ``accuracy_fn``,
+  ``embed_fn``, ``apply_fn``) also take an optional ``reference=`` batch, the
+  task's support inputs, which inductive learners pass on the query set
+  (``meta.learner``): a net with batch norm takes its statistics from it; a net
+  without ignores it.
+
   Attributes:
     init_params: ``key -> params``.
     loss_fn: ``(params, inputs, targets) -> scalar``.

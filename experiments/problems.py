@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from experiments import rnn_problems
 from experiments.config_check import invalid
@@ -45,7 +46,7 @@ def sinusoid_problem(config: ml_collections.ConfigDict) -> Problem:
 
   head = (f'Dense_{len(tuple(config.model.hidden_sizes))}',)
   return Problem(init_params, losses.mse_loss(model.apply), train_sampler, eval_sampler, 'mse', head_keys=head,
-                 apply_fn=lambda params, inputs: model.apply({'params': params}, inputs))
+                 apply_fn=lambda params, inputs, reference=None: model.apply({'params': params}, inputs))
 
 
 def load_omniglot_splits(config: ml_collections.ConfigDict) -> omniglot_splits.OmniglotSplits:
@@ -72,6 +73,17 @@ def load_omniglot_splits(config: ml_collections.ConfigDict) -> omniglot_splits.O
                                           seed=int(task.split_seed), rotations=rotations)
   except ValueError as e:
     raise invalid('task.split_sizes', tuple(task.split_sizes), str(e).rstrip('.')) from e
+
+
+# How evaluation episodes pick their N classes (eval.protocol): 'mixed' from the whole held-out pool,
+# 'within_alphabet' all from one held-out alphabet (Omniglot only; Lake et al. 2015).
+EVAL_PROTOCOLS = ('mixed', 'within_alphabet')
+
+
+def _largest_alphabet(dataset: omniglot_data.OmniglotDataset) -> tuple[str, int]:
+  """The alphabet of ``dataset`` with the most classes (rotated copies included) and that class count."""
+  names, counts = np.unique(dataset.alphabets, return_counts=True)
+  return str(names[np.argmax(counts)]), int(counts.max())
 
 
 def _check_episodes(images, ways, shots, queries, ways_field, shots_field, queries_field, split):
@@ -115,6 +127,8 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
       raise invalid(path, value, 'must be a positive integer')
   if evals.split not in ('test', 'validation'):
     raise invalid('eval.split', evals.split, "use 'test' or 'validation'")
+  if evals.protocol not in EVAL_PROTOCOLS:
+    raise invalid('eval.protocol', evals.protocol, f'use one of {EVAL_PROTOCOLS}')
   train_shift = task.train_shift
   if isinstance(train_shift, bool) or not isinstance(train_shift, int) or not 0 <= 2 * train_shift < task.image_size:
     raise invalid('task.train_shift', train_shift,
@@ -124,7 +138,8 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     raise invalid('model.conv_depth', model.conv_depth, f'{model.conv_depth} max-pools halve task.image_size='
                    f'{task.image_size} to nothing')
   splits = load_omniglot_splits(config)
-  train_images, eval_images = splits.train.images, getattr(splits, evals.split).images
+  eval_dataset = getattr(splits, evals.split)
+  train_images, eval_images = splits.train.images, eval_dataset.images
   ways, shots, queries = int(task.ways), int(task.shots), int(task.queries)
   _check_episodes(train_images, ways, shots, queries, 'task.ways', 'task.shots', 'task.queries', 'meta-train')
   if len(eval_images) == 0:
@@ -135,6 +150,13 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     if config.algorithm != 'protonet' and int(eval_ways) != ways:
       raise invalid('eval.ways', tuple(evals.ways), f'{config.algorithm} has a {ways}-way head; only '
                      f'protonet evaluates at other ways than --config.task.ways={ways}')
+  if evals.protocol == 'within_alphabet':
+    alphabet, alphabet_classes = _largest_alphabet(eval_dataset)
+    if max(int(w) for w in tuple(evals.ways) or (ways,)) > alphabet_classes:
+      raise invalid('eval.ways', tuple(evals.ways), f'within-alphabet episodes draw every class from one '
+                     f'{evals.split} alphabet and the largest, {alphabet}, has {alphabet_classes} classes (characters '
+                     'x rotations); lower it, or use --config.eval.protocol=mixed')
+  eval_groups = omniglot_tasks.group_ids(eval_dataset.alphabets)  # Alphabet ids; rotated copies keep theirs.
   method = conv_method(config)
   train_images, eval_images = jax.device_put(train_images), jax.device_put(eval_images)
 
@@ -146,15 +168,16 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     return conv.init_conv4(key, image_size=int(task.image_size), width=int(model.conv_width),
                            depth=int(model.conv_depth), num_classes=ways)
 
-  def loss_fn(params, images, labels):
-    return losses.softmax_cross_entropy(conv.conv4_apply(params, images, method=method), labels)
+  # reference: None (batch norm over `images`), or the support images whose statistics normalise `images`.
+  def loss_fn(params, images, labels, reference=None):
+    return losses.softmax_cross_entropy(conv.conv4_apply(params, images, method=method, reference=reference), labels)
 
-  def accuracy_fn(params, images, labels):
-    logits = conv.conv4_apply(params, images, method=method)
+  def accuracy_fn(params, images, labels, reference=None):
+    logits = conv.conv4_apply(params, images, method=method, reference=reference)
     return jnp.mean((jnp.argmax(logits, -1) == losses.labels_of(labels, logits.ndim)).astype(jnp.float32))
 
-  def embed_fn(params, images):
-    return conv.conv4_features(params, images, method=method)
+  def embed_fn(params, images, reference=None):
+    return conv.conv4_features(params, images, method=method, reference=reference)
 
   def sample_train(key, num_tasks):
     return omniglot_tasks.sample_episodes(key, train_images, num_tasks=num_tasks, ways=ways, shots=shots,
@@ -166,8 +189,13 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     key, shift_key = jax.random.split(key)
     return as_float(augment.shift_episodes(shift_key, sample_train(key, num_tasks), train_shift))
 
-  sample_eval = jax.jit(lambda key, num_tasks, shots, ways: as_float(omniglot_tasks.sample_episodes(
-      key, eval_images, num_tasks=num_tasks, ways=ways, shots=shots, queries=int(evals.num_query))),
+  def sample_held_out(key, num_tasks, shots, ways):
+    sizes = dict(num_tasks=num_tasks, ways=ways, shots=shots, queries=int(evals.num_query))
+    if evals.protocol == 'within_alphabet':  # An alphabet uniformly among those with >= ways classes.
+      return omniglot_tasks.sample_within_group_episodes(key, eval_images, eval_groups, **sizes)
+    return omniglot_tasks.sample_episodes(key, eval_images, **sizes)
+
+  sample_eval = jax.jit(lambda key, num_tasks, shots, ways: as_float(sample_held_out(key, num_tasks, shots, ways)),
                         static_argnums=(1, 2, 3))
 
   def eval_sampler(key, num_tasks, shots, ways=ways):
@@ -178,7 +206,8 @@ def omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
 
   return Problem(init_params, loss_fn, train_sampler, eval_sampler, 'accuracy', accuracy_fn=accuracy_fn,
                  embed_fn=embed_fn, head_keys=('head',), flops_fn=flops_fn,
-                 apply_fn=lambda params, images: conv.conv4_apply(params, images, method=method))
+                 apply_fn=lambda params, images, reference=None: conv.conv4_apply(params, images, method=method,
+                                                                                  reference=reference))
 
 
 PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict], Problem]] = {

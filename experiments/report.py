@@ -58,6 +58,13 @@ def write_report(workdir: str, summary: dict, config) -> str:
            + f", eval {timings.get('eval_seconds', 0):.1f} s",
            f"- sparsity: realised {sparsity['realised_sparsity']:.4f}, nonzero parameters "
            f"{sparsity['nonzero_params']} / {sparsity['total_params']}"]
+  if summary.get('bn_mode'):  # Nets with batch norm: how the evaluation normalised the query images.
+    lines.append(f"- batch norm: {summary['bn_mode']} (config.bn_mode)")
+  if summary.get('split_by'):  # A dataset split: which held-out episodes (older summaries lack the fields).
+    protocol = summary.get('eval_protocol', 'mixed')
+    drawn = 'all classes of an episode from one alphabet' if protocol == 'within_alphabet' else 'from the whole split'
+    lines.append(f"- held-out episodes: {summary.get('eval_split')} split, disjoint by {summary['split_by']}; "
+                 f"protocol {protocol} ({drawn}; config.eval.protocol)")
   if last:
     lines.append(f"- last logged step {last['step']}: query loss {last.get('outer/query_loss', float('nan')):.4f}, "
                  f"objective {last.get('outer/objective', float('nan')):.4f}")

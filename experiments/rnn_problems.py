@@ -71,7 +71,7 @@ def sequence_problem(config: ml_collections.ConfigDict) -> Problem:
 
   return Problem(_init_fn(config, 1, horizon), losses.mse_loss(apply), train_sampler, eval_sampler,
                           'mse', head_keys=('readout',), expand_units=rnn.unit_keep_factors,
-                          apply_fn=lambda params, inputs: apply({'params': params}, inputs))
+                          apply_fn=lambda params, inputs, reference=None: apply({'params': params}, inputs))
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,7 +103,8 @@ def strokes_problem(config: ml_collections.ConfigDict) -> Problem:
   _check_rnn_config(config)
   task, cell, eval_split = config.task, config.model.cell, config.eval.split
   require(int(task.ways) >= 2, 'task.ways', task.ways, 'needs at least 2 classes per episode')
-  require(eval_split in ('val', 'test'), 'eval.split', eval_split, "use 'val' or 'test'")
+  require(eval_split in ('validation', 'val', 'test'), 'eval.split', eval_split, "use 'validation' or 'test'")
+  eval_split = 'val' if eval_split == 'validation' else eval_split  # 'val': the name runs before session 11 saved.
   rotations = rotations_lib.check_rotations(task.train_rotations, name='--config.task.train_rotations')
   splits = _stroke_splits(task.data_dir, task.cache_dir, int(task.num_points), int(task.split_seed),
                           rotations)
@@ -117,17 +118,19 @@ def strokes_problem(config: ml_collections.ConfigDict) -> Problem:
     require(int(task.num_shots) + int(task.num_query) <= drawers, f'task.{field}', task[field],
              f'num_shots + num_query must be <= {drawers} drawers per character')
 
-  def logits(params, inputs):
+  def logits(params, inputs, reference=None):
+    del reference  # Each sequence is read on its own: nothing depends on the batch.
     return rnn.rnn_apply(params, inputs, cell=cell, last_only=True)
 
   def apply(variables, inputs):
     return logits(variables['params'], inputs)
 
-  def accuracy_fn(params, inputs, labels):
-    out = logits(params, inputs)
+  def accuracy_fn(params, inputs, labels, reference=None):
+    out = logits(params, inputs, reference)
     return jnp.mean(jnp.argmax(out, axis=-1) == losses.labels_of(labels, out.ndim))
 
-  def embed_fn(params, inputs):
+  def embed_fn(params, inputs, reference=None):
+    del reference
     return rnn.final_hidden(params, inputs, cell=cell)
 
   def train_sampler(key, num_tasks):

@@ -1,6 +1,7 @@
 """``run(config, workdir)``: build, meta-train, checkpoint, evaluate, report. Importable from notebooks.
 
-Outputs in ``workdir``: ``config.json`` (resolved config), ``metrics.jsonl`` (one
+Outputs in ``workdir``: ``config.json`` (resolved config), ``model_spec.json`` (what
+``metaprune_jax.load_run`` predicts with), ``metrics.jsonl`` (one
 JSON line per log step), ``checkpoints/`` (atomic, the newest few),
 ``summary.json`` (evaluation with 95% CIs), ``training.png`` and ``report.md``.
 Rerunning with the same workdir resumes from the newest checkpoint and
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -19,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from experiments import build as build_lib
+from experiments import export_spec
 from metaprune_jax import checkpoint
 from experiments import mask_analysis
 from experiments import monitor
@@ -26,8 +29,13 @@ from experiments import plots
 from experiments import provenance
 from experiments import report
 from experiments import workdir as workdir_lib
+from metaprune_jax import run as run_lib
+from metaprune_jax.export import model as export_model
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.meta import sharding
+
+# ``progress(step, record)`` is called at every log step with the ``metrics.jsonl`` record of that step.
+Progress = Callable[[int, dict], None]
 
 
 def _format_duration(seconds: float) -> str:
@@ -49,25 +57,42 @@ def _restore(exp: build_lib.Experiment, workdir: str, metrics_path: str):
   return state, {}, False
 
 
-def _log_line(exp: build_lib.Experiment, step: int, rate: float, host: dict) -> None:
+def _progress_text(exp: build_lib.Experiment, step: int, rate: float, host: dict) -> str:
+  """The progress line of a log step (the launcher logs it; a Python caller sees it printed)."""
   config, problem = exp.config, exp.problem
   num_steps = int(config.outer.num_outer_steps)
   eta = (num_steps - step) / rate if math.isfinite(rate) and rate > 0 else float('nan')
   # A meta-pruner's tasks each harden their own mask; the progress line can only afford the base logits' one.
   realised_label = 'realised (base logits)' if config.gates.mask == 'meta_pruner' else 'realised'
-  logging.info('step %d/%d | %.0f steps/s | ETA %s | outer loss %.4f | query %s %.4f | '
-               'sparsity expected %.3f %s %.3f | multiplier %.3g',
-               step, num_steps, rate, _format_duration(eta) if math.isfinite(eta) else '?',
-               host['outer/objective'], 'loss' if problem.metric == 'accuracy' else problem.metric,
-               host['outer/query_loss'], host['mask/expected_sparsity'], realised_label,
-               host['mask/realised_sparsity'], host['mask/multiplier'])
+  eta_text = _format_duration(eta) if math.isfinite(eta) else '?'
+  metric = 'loss' if problem.metric == 'accuracy' else problem.metric
+  return (f"step {step}/{num_steps} | {rate:.0f} steps/s | ETA {eta_text} | outer loss {host['outer/objective']:.4f}"
+          f" | query {metric} {host['outer/query_loss']:.4f} | sparsity expected {host['mask/expected_sparsity']:.3f}"
+          f" {realised_label} {host['mask/realised_sparsity']:.3f} | multiplier {host['mask/multiplier']:.3g}")
 
 
-def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None):
+def _log_line(exp: build_lib.Experiment, step: int, rate: float, host: dict, progress: Progress | None) -> None:
+  """Logs the progress line; hands the step's record to ``progress``, or prints the line where absl would not
+  show it (a notebook or a script: absl logs INFO only once a launcher's ``app.run`` parsed its flags)."""
+  text = _progress_text(exp, step, rate, host)
+  logging.info('%s', text)
+  if progress is not None:
+    progress(step, {'step': step, 'steps_per_sec': rate, **host})
+  elif not logging.level_info() and jax.process_index() == 0:
+    print(text, flush=True)
+
+
+def quiet(step: int, record: dict) -> None:
+  """A ``progress`` callback that shows nothing (the absl log lines stay)."""
+  del step, record
+
+
+def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None, *,
+          progress: Progress | None = None):
   """Meta-trains from scratch or from the newest checkpoint; returns the final state and timings.
 
   ``resumed``: ``_restore``'s result when the caller restored already. Timings sum every segment of a resumed run
-  (the totals so far ride in each checkpoint's host dict).
+  (the totals so far ride in each checkpoint's host dict). ``progress``: as in ``run``.
   """
   config = exp.config
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
@@ -128,7 +153,7 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None)
         record = {'step': step, 'steps_per_sec': rate, **host}
         workdir_lib.append_line(log_file, metrics_path, json.dumps(record) + '\n')
         events.write(step, {k: v for k, v in record.items() if k != 'step' and math.isfinite(v)})
-        _log_line(exp, step, rate, host)
+        _log_line(exp, step, rate, host, progress)
       if step % checkpoint_every == 0 or is_last:
         guard.check(last_checkpoint)  # Never checkpoint a non-finite state.
         last_checkpoint = checkpoint.save(state, workdir, keep=int(config.run.keep_checkpoints),
@@ -153,6 +178,10 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
       'eval_num_tasks': int(config.eval.num_tasks), 'eval_inner_lr': float(config.eval.inner_lr),
       'divergence_threshold': float(config.eval.divergence_threshold),
       'divergence_ratio': float(config.eval.divergence_ratio),
+      'bn_mode': config.get('bn_mode'),  # Batch norm on query sets (configs/omniglot.py); None: a net without it.
+      # Which held-out episodes: the split, how an episode picks its classes, how the split was made (None: no
+      # dataset split, e.g. sinusoid).
+      'eval_split': config.eval.split, 'eval_protocol': config.eval.protocol, 'split_by': config.task.get('split_by'),
       'ci': '95% normal interval over non-diverged tasks: 1.96 * std / sqrt(n)',
       'diverged': 'query loss non-finite, > divergence_threshold, or > divergence_ratio x its loss before adapting',
       'sparsity': exp.sparsity_report(state.meta_params),
@@ -180,28 +209,55 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
   return summary
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Meta-trains and evaluates ``config`` in ``workdir``; returns (and writes) the summary."""
+def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Progress | None = None) -> dict:
+  """Meta-trains and evaluates ``config`` in ``workdir``; returns (and writes) the summary.
+
+  Args:
+    config: the run's config (``experiments/configs``).
+    workdir: the run folder (module docstring); an existing run resumes.
+    progress: called as ``progress(step, record)`` at every log step (``run.log_every_steps`` and the last),
+      ``record`` being the step's ``metrics.jsonl`` line as a dict (``'step'``, ``'steps_per_sec'``,
+      ``'outer/query_loss'``, ``'mask/realised_sparsity'``, ...). None: the progress line is printed where absl
+      logging does not show INFO (a notebook or a script; the launchers log it instead). ``quiet`` shows nothing.
+  """
   exp = build_lib.build(config)
   # One writer per workdir (process 0 of a multi-host run writes the files).
   with workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-    return _run_locked(exp, workdir)
+    return _run_locked(exp, workdir, progress)
 
 
-def _run_locked(exp: build_lib.Experiment, workdir: str) -> dict:
+def _write_model_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """``workdir/model_spec.json``: the spec ``metaprune_jax.load_run`` predicts with (it reads no config)."""
+  unavailable = None
+  if config.gates.mask == 'meta_pruner' or bool(config.inner.adapt_gates):
+    unavailable = (f'{workdir!r} masks each task differently (gates.mask={config.gates.mask!r}, inner.adapt_gates='
+                   f'{bool(config.inner.adapt_gates)}); adapt it with experiments.build.load(workdir).')
+  spec = None if unavailable else export_spec.model_spec(config)
+  if spec is not None:
+    try:
+      export_model.check_spec(spec)
+    except ValueError as e:
+      spec, unavailable = None, f'{workdir!r} has no model spec the library can run ({e}).'
+  document = {'spec': spec, 'hard_concrete': build_lib.hard_concrete_constants(config)._asdict(),
+              'unavailable': unavailable}
+  workdir_lib.write_atomic(os.path.join(workdir, run_lib.MODEL_SPEC_FILE), json.dumps(document, indent=2))
+
+
+def _run_locked(exp: build_lib.Experiment, workdir: str, progress: Progress | None = None) -> dict:
   config = exp.config
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.check_resume(config, workdir)  # Refuses another config before anything is written.
   resumed = _restore(exp, workdir, os.path.join(workdir, 'metrics.jsonl'))
   if jax.process_index() == 0:
     workdir_lib.write_config(config, workdir)  # Only once the config is valid and the checkpoint restored.
-  state, timings = train(exp, workdir, resumed)
+    _write_model_spec(config, workdir)
+  state, timings = train(exp, workdir, resumed, progress=progress)
   summary = summarise(exp, state, timings, workdir)
   if config.gates.mask != 'none' and config.eval.dense_reference:
     dense = ml_collections.ConfigDict(config.to_dict())
     dense.gates.mask, dense.eval.dense_reference = 'none', False
     logging.info('Meta-training the dense reference with the same budget ...')
-    summary['dense_reference'] = run(dense, os.path.join(workdir, 'dense_reference'))
+    summary['dense_reference'] = run(dense, os.path.join(workdir, 'dense_reference'), progress=progress)
   workdir_lib.write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2))
   plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
                         title=f'{config.task.name} | mask={config.gates.mask} | seed={config.seed}')

@@ -23,6 +23,7 @@ from metaprune_jax.meta import guards
 from metaprune_jax.meta import learners
 from metaprune_jax.meta.settings import GATE_SAMPLE_SCOPES
 from metaprune_jax.meta.settings import NOISE_KINDS
+from metaprune_jax.nets import conv
 from metaprune_jax.nets import mlp
 from metaprune_jax.pruning import select
 
@@ -66,6 +67,10 @@ def validate_task_and_model(config: ml_collections.ConfigDict) -> None:
   if 'kernel_init_std' in model:
     require(float(model.kernel_init_std) >= 0, 'model.kernel_init_std', model.kernel_init_std,
             'must be >= 0 (0: LeCun normal)')
+  if 'bn_mode' in config:  # Nets with batch norm (the omniglot configs).
+    require(config.bn_mode in conv.BN_MODES, 'bn_mode', config.bn_mode,
+            "use 'transductive' (query images normalised together) or 'inductive' (with the support set's "
+            'statistics)')
 
 
 def validate_outer_and_inner(config: ml_collections.ConfigDict) -> None:
@@ -126,6 +131,11 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   require(evals.divergence_ratio > 1, 'eval.divergence_ratio', evals.divergence_ratio, 'must be > 1')
   require(isinstance(evals.dense_reference, bool), 'eval.dense_reference', evals.dense_reference,
           'must be True or False')
+  protocol = evals.get('protocol', 'mixed')  # A task registered without a config file may lack the field.
+  require(protocol in problems.EVAL_PROTOCOLS, 'eval.protocol', protocol, f'use one of {problems.EVAL_PROTOCOLS}')
+  require(protocol == 'mixed' or config.task.name == 'omniglot', 'eval.protocol', protocol,
+          f"only --task=omniglot has alphabets to draw within-alphabet episodes from; use 'mixed' for "
+          f'--task={config.task.name}')
 
 
 def validate_execution_and_run(config: ml_collections.ConfigDict) -> None:

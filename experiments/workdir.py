@@ -138,8 +138,14 @@ def _leaves(text: str) -> dict:
 
 
 def config_changes(stored_text: str, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """``{path: (stored, new)}`` of every leaf that differs (absent leaves as ``'<absent>'``)."""
-  old, new = _leaves(stored_text), _leaves(config_text(config))
+  """``{path: (stored, new)}`` of every leaf that differs (absent leaves as ``'<absent>'``).
+
+  A field the stored config lacks (the run was saved before it existed) counts as its default, as
+  ``config_check.fill_missing`` loads it: setting it to that default is no change.
+  """
+  stored = ml_collections.ConfigDict(json.loads(stored_text))
+  config_check.fill_missing(stored)
+  old, new = _leaves(config_text(stored)), _leaves(config_text(config))
   return {p: (old.get(p, '<absent>'), new.get(p, '<absent>')) for p in sorted(set(old) | set(new))
           if old.get(p, '<absent>') != new.get(p, '<absent>')}
 

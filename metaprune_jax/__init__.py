@@ -8,7 +8,6 @@ for everything else.
 """
 
 from metaprune_jax.checkpoint import TrainedRun
-from metaprune_jax.checkpoint import load_run
 from metaprune_jax.export.model import ExportedModel
 from metaprune_jax.export.model import export_compact
 from metaprune_jax.export.model import load_compact
@@ -53,12 +52,14 @@ from metaprune_jax.meta.step import compile_step
 from metaprune_jax.meta.step import init_meta_state
 from metaprune_jax.meta.step import make_meta_step
 from metaprune_jax.nets.mlp import MLP
+from metaprune_jax.run import Run
+from metaprune_jax.run import load_run
 from metaprune_jax.tasks.sinusoid import sample_sinusoid_tasks
 from metaprune_jax.types import TaskBatch
 
 __all__ = [
     'Execution', 'ExportedModel', 'GateSource', 'HardConcrete', 'InnerSettings', 'L0Objective', 'LEARNERS', 'Learner', 'MLP',
-    'MetaState', 'TaskBatch', 'TrainedRun', 'adapt', 'anil', 'apply_masks', 'compile_step', 'count_params',
+    'MetaState', 'Run', 'TaskBatch', 'TrainedRun', 'adapt', 'anil', 'apply_masks', 'compile_step', 'count_params',
     'cross_entropy_loss', 'deterministic_gates', 'distilled_sampler', 'expected_density', 'expected_l0', 'export_compact', 'fomaml', 'gates_from_noise',
     'get_learner', 'harden', 'init_gate_logits', 'init_meta_state', 'learner_traces', 'load_compact', 'load_run',
     'make_meta_step', 'maml', 'meta_pruner_gates', 'meta_sgd', 'mse_loss', 'no_gates', 'nonzero_params', 'outer_optimizer',

@@ -1,4 +1,9 @@
-"""Task losses with a Flax ``apply`` bound in: ``(params, inputs, targets) -> scalar``."""
+"""Task losses with a Flax ``apply`` bound in: ``(params, inputs, targets) -> scalar``.
+
+The bound losses take the learners' optional ``reference=`` batch (the support
+set, ``meta.learner``) and ignore it: they are for nets that treat every input
+on its own (no batch norm), so there is nothing to normalise over a batch.
+"""
 
 from collections.abc import Callable
 
@@ -9,7 +14,8 @@ import optax
 
 def mse_loss(apply_fn: Callable[[dict, jax.Array], jax.Array]):
   """Mean squared error of ``apply_fn({'params': params}, inputs)`` against ``targets``."""
-  def loss(params, inputs, targets):
+  def loss(params, inputs, targets, reference=None):
+    del reference  # Per-input net (module docstring).
     return jnp.mean((apply_fn({'params': params}, inputs) - targets) ** 2)
   return loss
 
@@ -33,6 +39,7 @@ def labels_of(targets: jax.Array, logits_ndim: int) -> jax.Array:
 
 def cross_entropy_loss(apply_fn: Callable[[dict, jax.Array], jax.Array]):
   """Mean softmax cross-entropy for integer ``targets`` (``[batch]``) or distributions (``[batch, classes]``)."""
-  def loss(params, inputs, targets):
+  def loss(params, inputs, targets, reference=None):
+    del reference  # Per-input net (module docstring).
     return softmax_cross_entropy(apply_fn({'params': params}, inputs), targets)
   return loss

@@ -94,7 +94,10 @@ def eval_section(inner_config: ml_collections.ConfigDict, **overrides) -> ml_col
       inner_lr=0.0,                  # Replaced below by a reference to inner.inner_lr.
       ways=(),                       # Classification: N of the N-way evaluation episodes; () for regression.
       chunk_size=200,                # Tasks per jitted evaluation call (memory).
-      split='test',                  # Held-out split of dataset tasks ('test' or the validation split).
+      split='test',                  # Held-out split of dataset tasks: 'validation' or 'test'.
+      # How an episode picks its N classes: 'mixed' (the whole held-out pool) or 'within_alphabet' (all from one
+      # held-out alphabet, uniformly among those with >= N classes; Omniglot only).
+      protocol='mixed',
       divergence_threshold=1e3,      # A task above this query loss diverged ...
       divergence_ratio=10.0,         # ... or one whose loss grew this much by adapting.
       dense_reference=False,         # Also meta-train a dense model with the same budget.
@@ -162,7 +165,7 @@ def distill(**overrides) -> ml_collections.ConfigDict:
 
 
 def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *, seed: int = 0,
-           algorithm: str = 'maml', **sections) -> ml_collections.ConfigDict:
+           algorithm: str = 'maml', bn_mode: str | None = None, **sections) -> ml_collections.ConfigDict:
   """A whole config: ``task`` and ``model`` plus every shared section (``sections`` replace the defaults).
 
   Args:
@@ -170,6 +173,8 @@ def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *,
     model: the model section.
     seed: the run's seed.
     algorithm: maml, fomaml, anil, metasgd, reptile or protonet.
+    bn_mode: nets with batch norm: the default of ``config.bn_mode``, 'transductive' (the query images of an
+      episode are normalised together) or 'inductive' (with the support set's statistics); None: no such field.
     **sections: ``outer``, ``inner``, ``gates``, ``sparsity``, ``eval``, ``execution``, ``run``, ``pruning``,
       ``distill``.
   """
@@ -180,6 +185,8 @@ def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *,
   result = ml_collections.ConfigDict()
   result.seed = seed
   result.algorithm = algorithm  # maml, fomaml, anil, metasgd, reptile, protonet.
+  if bn_mode is not None:
+    result.bn_mode = bn_mode  # 'transductive' or 'inductive' (see bn_mode above).
   result.task = task
   result.model = model
   result.outer = sections['outer'] if 'outer' in sections else outer()

@@ -22,6 +22,7 @@ def get_config():
   config.task.ways = 5
   config.task.shots = 1
   config.task.queries = 5
+  config.task.train_shift = 0
   config.outer.meta_batch_size = 32
   config.outer.num_outer_steps = 6000
   config.outer.outer_lr_schedule = 'cosine'
@@ -32,9 +33,11 @@ def get_config():
   config.sparsity.target_sparsity = 0.8
   config.sparsity.sparsity_warmup_steps = 1500
   config.sparsity.harden_at_fraction = 0.7
+  config.sparsity.dual_lr = 0.1
   config.eval.ways = (5,)
   config.eval.shots = (1,)
   config.eval.steps = (0, 1, 3)
+  config.eval.chunk_size = 8
   config.eval.num_query = 5
   config.run.log_every_steps = 500
   config.run.checkpoint_every_steps = 6000

@@ -5,6 +5,15 @@ from experiments.configs import omniglot
 
 def get_config():
   config = omniglot.get_config()
+  # Second-order MAML with the gate settings the tiny tests were written for (not the default ProtoNet recipe).
+  config.algorithm = 'maml'
+  config.task.train_shift = 0
+  config.outer.outer_lr_schedule = 'constant'
+  config.gates.init_logit = 3.0
+  config.gates.gate_lr = 1e-2
+  config.sparsity.dual_lr = 0.1
+  config.sparsity.harden_at_fraction = 0.8
+  config.eval.split = 'test'
   config.task.max_characters_per_alphabet = 2   # 16 characters.
   config.task.split_sizes = (10, 2, 4)
   config.task.cache_dir = ''

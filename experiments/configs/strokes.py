@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
       inner=inner,
       gates=base.gates(granularity='hidden_unit', init_logit=2.0),   # Whole hidden units.
       sparsity=base.sparsity(target_sparsity=0.93, sparsity_warmup_steps=5000, harden_at_fraction=0.8),
-      # eval.split: 'val' or 'test'.
-      eval=base.eval_section(inner, shots=(1,), steps=(0, 1, 5), num_query=5, split='test',
+      # eval.split: 'validation' (recipe choices) or 'test' (once per final recipe: experiments.evaluate --split=test).
+      eval=base.eval_section(inner, shots=(1,), steps=(0, 1, 5), num_query=5, split='validation',
                              divergence_threshold=1e3, dense_reference=True),
       execution=base.execution(python_loop=True),
       run=base.run(log_every_steps=500, checkpoint_every_steps=2000, steps_per_call=1),

@@ -5,7 +5,8 @@
 * Conv-4: ``nets.conv``'s blocks plus the optional ``conv_i/border_bias`` of
   removed constant channels (``compact_conv``), with the 2x2 max-pool taken
   before the batch-norm affine map (``norm_relu_pool``); ``conv4_features`` is
-  the embedding, ``conv4_apply`` the logits.
+  the embedding, ``conv4_apply`` the logits. Both take ``nets.conv``'s optional
+  ``reference`` batch (inductive batch norm: statistics of the reference rows).
 * LSTM / GRU: compact params keep ``nets.rnn``'s layout, so ``nets.rnn.rnn_apply``
   runs them as they are.
 """
@@ -47,18 +48,21 @@ def expand_border(table: jax.Array, height: int, width: int) -> jax.Array:
   return table[border_rows(height)][:, border_rows(width)]
 
 
-def norm_relu_pool(x: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
-  """``max_pool_2x2(relu(batch_norm(x)))`` with the pooling first: ``[b, H, W, C] -> [b, H//2, W//2, C]``.
+def norm_relu_pool(x: jax.Array, scale: jax.Array, offset: jax.Array,
+                   reference: jax.Array | None = None) -> jax.Array:
+  """``max_pool_2x2(relu(batch_norm(x, ..., reference)))``, pooling first: ``[b, H, W, C] -> [b, H//2, W//2, C]``.
 
   Batch norm is a per-channel affine map ``a * x + c`` (``a = scale / std``) once
   the statistics are taken over the full map, and ReLU is non-decreasing, so the
   2x2 max of the result is the map of the window's max where ``a >= 0`` and of
   its min where ``a < 0``. Normalising a quarter of the values makes the block's
   element-wise work about 3x cheaper on the CPU (``benchmarks/export_speed.py``);
-  the values equal ``nets.conv``'s to float rounding.
+  the values equal ``nets.conv``'s to float rounding. The statistics are those
+  of ``reference`` (``[n_ref, H, W, C]`` activations), or of ``x`` when it is None.
   """
-  mean = jnp.mean(x, axis=(0, 1, 2))
-  variance = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  stats = x if reference is None else reference
+  mean = jnp.mean(stats, axis=(0, 1, 2))
+  variance = jnp.mean(jnp.square(stats - mean), axis=(0, 1, 2))
   slope = lax.rsqrt(variance + conv.BATCH_NORM_EPSILON) * scale
   batch, height, width, channels = x.shape
   h2, w2 = height // 2, width // 2
@@ -69,10 +73,16 @@ def norm_relu_pool(x: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Arr
   return jax.nn.relu((jnp.where(slope >= 0, high, low) - mean) * slope + offset)
 
 
-def conv4_features(params: types.Params, images: jax.Array, *, method: str = 'conv') -> jax.Array:
-  """``[batch, H, W, in] -> [batch, features]``: the compact Conv-4's embedding."""
+def conv4_features(params: types.Params, images: jax.Array, *, method: str = 'conv',
+                   reference: jax.Array | None = None) -> jax.Array:
+  """``[batch, H, W, in] -> [batch, features]``: the compact Conv-4's embedding.
+
+  ``reference`` (``[n_ref, H, W, in]``, e.g. the support images, or None): the
+  images whose statistics every batch norm uses (``nets.conv.conv4_features``).
+  """
   depth = compact_conv.depth_of(params)
-  x = images
+  num_reference = 0 if reference is None else reference.shape[0]
+  x = images if reference is None else jnp.concatenate([reference, images], axis=0)
   for i in range(depth):
     layer = params[f'conv_{i}']
     kernel = layer['kernel']
@@ -82,12 +92,17 @@ def conv4_features(params: types.Params, images: jax.Array, *, method: str = 'co
       x = conv.conv2d(x, kernel, method=method)
     if compact_conv.BORDER_BIAS in layer:
       x = x + expand_border(layer[compact_conv.BORDER_BIAS], x.shape[1], x.shape[2])
-    x = norm_relu_pool(x, params[f'norm_{i}']['scale'], params[f'norm_{i}']['offset'])
+    x = norm_relu_pool(x, params[f'norm_{i}']['scale'], params[f'norm_{i}']['offset'],
+                       None if reference is None else x[:num_reference])
+  if reference is not None:
+    x = x[num_reference:]
   return x.reshape(x.shape[0], -1)
 
 
-def conv4_apply(params: types.Params, images: jax.Array, *, method: str = 'conv') -> jax.Array:
-  """``[batch, H, W, in] -> [batch, classes]`` logits of the compact Conv-4."""
+def conv4_apply(params: types.Params, images: jax.Array, *, method: str = 'conv',
+                reference: jax.Array | None = None) -> jax.Array:
+  """``[batch, H, W, in] -> [batch, classes]`` logits of the compact Conv-4 (``reference``: ``conv4_features``)."""
   if 'head' not in params:
     raise ValueError('these compact params have no head (exported with embedding_only); use conv4_features.')
-  return conv4_features(params, images, method=method) @ params['head']['kernel'] + params['head']['bias']
+  features = conv4_features(params, images, method=method, reference=reference)
+  return features @ params['head']['kernel'] + params['head']['bias']

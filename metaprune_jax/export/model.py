@@ -10,7 +10,8 @@ uses them::
    'learner': 'maml' | 'fomaml' | 'anil' | 'meta_sgd' | 'reptile' | 'protonet',
    'loss': 'mse' | 'cross_entropy',
    'inner_lr': 0.01, 'num_inner_steps': 10, 'adapt_keys': None | ['head'],
-   'conv_method': 'conv'}            # optional: 'patches' where per-task adapted weights run under vmap
+   'conv_method': 'conv',            # optional: 'patches' where per-task adapted weights run under vmap
+   'bn_mode': 'transductive'}        # optional, conv4: or 'inductive' (below)
 
 ``load_compact(DIR)`` returns an ``ExportedModel`` whose ``apply(params,
 inputs)`` is the network (a prototypical network's is the embedding) and whose
@@ -19,7 +20,11 @@ few-shot prediction: prototype logits, or the network after
 ``num_inner_steps`` SGD steps on the support set (only the ``adapt_keys``
 subtrees for ANIL; per-parameter rates for Meta-SGD), in float32, each step
 multiplied by the stored pruning pattern so pruned weights stay zero as in the
-masked model. Nothing here reads the training code's gates or masks.
+masked model. With ``bn_mode='inductive'`` (a conv4 spec) ``predict`` runs
+every batch norm over the query images with the support set's statistics (the
+query images' own with ``'transductive'``, the default), as the training code's
+learners do (``nets.conv``); ``apply`` always normalises the batch it is given,
+unless passed ``reference=``. Nothing here reads the training code's gates or masks.
 """
 
 import functools
@@ -39,6 +44,7 @@ from metaprune_jax.export import forward
 from metaprune_jax.export.compacted import Compacted
 from metaprune_jax.meta import inner
 from metaprune_jax.meta import protonet
+from metaprune_jax.nets import conv
 from metaprune_jax.nets import rnn
 
 ARCHS = ('mlp', 'conv4', 'lstm', 'gru')
@@ -74,6 +80,15 @@ def check_spec(spec: dict) -> None:
     raise ValueError(f"model spec loss={spec.get('loss')!r} is unknown; use one of {LOSSES}.")
   if spec['arch'] == 'conv4' and not spec.get('image_size'):
     raise ValueError('a conv4 model spec needs image_size (the border tables depend on it).')
+  if bn_mode(spec) not in conv.BN_MODES:
+    raise ValueError(f'model spec bn_mode={bn_mode(spec)!r} is unknown; use one of {conv.BN_MODES}.')
+  if bn_mode(spec) == 'inductive' and spec['arch'] != 'conv4':
+    raise ValueError(f"model spec bn_mode='inductive' needs batch norm (arch 'conv4'), not {spec['arch']!r}.")
+
+
+def bn_mode(spec: dict) -> str:
+  """How ``predict`` normalises the query images: ``'transductive'`` (the default) or ``'inductive'``."""
+  return spec.get('bn_mode', 'transductive')
 
 
 def adapts(spec: dict) -> bool:
@@ -132,9 +147,17 @@ def loss_fn(spec: dict, apply: Callable) -> Callable:
 def predict_fn(spec: dict, params, masks, inner_lrs=None) -> Callable:
   """``(support_inputs, support_targets, query_inputs) -> query outputs`` of the learner (module docstring)."""
   apply = apply_fn(spec)
+  inductive = bn_mode(spec) == 'inductive'
+
+  def apply_to_query(query_params, support_inputs, query_inputs):
+    if inductive:  # Batch-norm statistics of the support set.
+      return apply(query_params, query_inputs, reference=support_inputs)
+    return apply(query_params, query_inputs)
+
   if not adapts(spec):
     def prototypes(support_inputs, support_targets, query_inputs):
-      return protonet.prototype_logits(apply(params, support_inputs), support_targets, apply(params, query_inputs))
+      return protonet.prototype_logits(apply(params, support_inputs), support_targets,
+                                       apply_to_query(params, support_inputs, query_inputs))
     return jax.jit(prototypes)
   loss = loss_fn(spec, apply)
   keys = spec.get('adapt_keys') or list(params)
@@ -151,7 +174,7 @@ def predict_fn(spec: dict, params, masks, inner_lrs=None) -> Callable:
       return loss({**params, **fast}, support_inputs, support_targets)
     fast = inner.adapt(support_loss, {k: params[k] for k in keys}, inner_lr=step,
                        num_inner_steps=int(spec['num_inner_steps']))
-    return apply({**params, **fast}, query_inputs)
+    return apply_to_query({**params, **fast}, support_inputs, query_inputs)
   return jax.jit(adapted)
 
 

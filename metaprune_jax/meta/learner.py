@@ -18,6 +18,14 @@
 Meta-parameters are a dict ``{'params', 'gate_logits' (or None), *extra}``.
 The algorithms are in ``maml.py`` (MAML, FOMAML, ANIL), ``meta_sgd.py``,
 ``reptile.py`` and ``protonet.py``; ``learners.get_learner`` builds one by name.
+
+Inductive learners (``inductive=True`` where they are built) pass
+``reference=task.support_inputs`` to every function they evaluate on the query
+set (``loss_fn``, ``accuracy_fn``, ``embed_fn``), so a net whose outputs depend
+on the batch (batch norm, ``nets.conv``) normalises the query images with the
+support set's statistics: a query image's prediction then depends on the
+support set and on itself alone. Without it (the default) the query set is one
+batch (transductive) and those functions are called without ``reference``.
 """
 
 from collections.abc import Callable
@@ -56,12 +64,20 @@ def batch_mean(task_loss: Callable, execution: Execution) -> Callable:
   return batch_loss
 
 
-def query_metrics(task: types.TaskBatch, loss_fn: adapt.LossFn, accuracy_fn: Callable | None) -> Callable:
+def query_reference(task: types.TaskBatch, inductive: bool) -> dict:
+  """The keyword arguments of a function evaluated on the query set: ``{'reference': support}`` or ``{}``."""
+  return {'reference': task.support_inputs} if inductive else {}
+
+
+def query_metrics(task: types.TaskBatch, loss_fn: adapt.LossFn, accuracy_fn: Callable | None, *,
+                  inductive: bool = False) -> Callable:
   """``effective_params -> {'loss': scalar[, 'accuracy': scalar]}`` on the task's query set."""
+  reference = query_reference(task, inductive)
+
   def metrics(params):
-    out = {'loss': loss_fn(params, task.query_inputs, task.query_targets)}
+    out = {'loss': loss_fn(params, task.query_inputs, task.query_targets, **reference)}
     if accuracy_fn is not None:
-      out['accuracy'] = accuracy_fn(params, task.query_inputs, task.query_targets)
+      out['accuracy'] = accuracy_fn(params, task.query_inputs, task.query_targets, **reference)
     return out
   return metrics
 

@@ -10,7 +10,8 @@ Algorithms (``LEARNERS``):
 * ``protonet``: no inner loop, prototypes of embeddings (``protonet.py``).
 
 Every learner takes the gate modes of ``settings.GATE_MODES`` (per-task gate
-noise in ``'sample'``) and fixed masks.
+noise in ``'sample'``) and fixed masks, and is transductive or, ``inductive=True``,
+normalises its query set with the support set's batch statistics (``learner``).
 """
 
 import functools
@@ -30,7 +31,7 @@ LEARNERS = ('maml', 'fomaml', 'anil', 'metasgd', 'reptile', 'protonet')
 @functools.lru_cache(maxsize=64)
 def get_learner(name: str, *, loss_fn: adapt.LossFn, accuracy_fn: Callable | None = None,
                 embed_fn: Callable | None = None, head_keys: tuple[str, ...] = (),
-                execution: Execution = Execution()) -> Learner:
+                execution: Execution = Execution(), inductive: bool = False) -> Learner:
   """Builds the learner called ``name`` (cached: the same inputs give the same object, so jit caches hit).
 
   Args:
@@ -40,24 +41,26 @@ def get_learner(name: str, *, loss_fn: adapt.LossFn, accuracy_fn: Callable | Non
     embed_fn: ``(params, inputs) -> [n, features]`` (ProtoNets).
     head_keys: top-level parameter names of the head (ANIL).
     execution: how the inner loop and the task batch run.
+    inductive: on the query set, call ``loss_fn`` / ``accuracy_fn`` / ``embed_fn`` with
+      ``reference=task.support_inputs`` (they must take it): batch statistics of the support set.
 
   Raises:
     ValueError: for an unknown name (the message lists the valid ones), ANIL
       without ``head_keys`` or ProtoNets without ``embed_fn``.
   """
   if name == 'maml':
-    return maml.maml(loss_fn, accuracy_fn, execution=execution)
+    return maml.maml(loss_fn, accuracy_fn, execution=execution, inductive=inductive)
   if name == 'fomaml':
-    return maml.fomaml(loss_fn, accuracy_fn, execution=execution)
+    return maml.fomaml(loss_fn, accuracy_fn, execution=execution, inductive=inductive)
   if name == 'anil':
-    return maml.anil(loss_fn, accuracy_fn, head_keys=tuple(head_keys), execution=execution)
+    return maml.anil(loss_fn, accuracy_fn, head_keys=tuple(head_keys), execution=execution, inductive=inductive)
   if name == 'metasgd':
-    return meta_sgd.meta_sgd(loss_fn, accuracy_fn, execution=execution)
+    return meta_sgd.meta_sgd(loss_fn, accuracy_fn, execution=execution, inductive=inductive)
   if name == 'reptile':
-    return reptile.reptile(loss_fn, accuracy_fn, execution=execution)
+    return reptile.reptile(loss_fn, accuracy_fn, execution=execution, inductive=inductive)
   if name == 'protonet':
     if embed_fn is None:
       raise ValueError("algorithm 'protonet' needs an embedding, but this problem has no embed_fn "
                        '(use a classification task such as --task=omniglot).')
-    return protonet.protonet(embed_fn, execution=execution)
+    return protonet.protonet(embed_fn, execution=execution, inductive=inductive)
   raise ValueError(f'algorithm={name!r} is unknown; valid algorithms: {", ".join(LEARNERS)}.')

@@ -25,5 +25,6 @@ def init_inner_lrs(params, settings: InnerSettings) -> dict:
 
 
 def meta_sgd(loss_fn: adapt.LossFn, accuracy_fn: Callable | None = None, *,
-             execution: Execution = Execution()) -> learner_lib.Learner:
-  return maml.adaptive_learner('metasgd', loss_fn, accuracy_fn, execution=execution, init_extra=init_inner_lrs)
+             execution: Execution = Execution(), inductive: bool = False) -> learner_lib.Learner:
+  return maml.adaptive_learner('metasgd', loss_fn, accuracy_fn, execution=execution, init_extra=init_inner_lrs,
+                               inductive=inductive)

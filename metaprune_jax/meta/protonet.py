@@ -2,8 +2,9 @@
 
 Per task: embed support and query sets (``embed_fn`` on the gated / masked
 parameters; with Conv-4's batch norm each set is normalised with its own
-statistics), prototypes = mean support embedding per class, logits = minus the
-squared Euclidean distance to each prototype, loss = softmax cross-entropy.
+statistics, or, ``inductive``, the query set with the support set's),
+prototypes = mean support embedding per class, logits = minus the squared
+Euclidean distance to each prototype, loss = softmax cross-entropy.
 
 The number of classes is not static: labels index a ``[support_size]`` slot
 axis and slots with no support example get a logit of ``-1e30`` (probability
@@ -46,12 +47,18 @@ def prototype_logits(support_embeddings: jax.Array, support_labels: jax.Array,
   return jnp.where(counts[None, :] > 0, -sq_dist, _EMPTY_LOGIT)
 
 
-def protonet(embed_fn: Callable, *, execution: Execution = Execution()) -> learner_lib.Learner:
-  """The ProtoNet learner for ``embed_fn(params, inputs) -> [n, features]``."""
+def protonet(embed_fn: Callable, *, execution: Execution = Execution(),
+             inductive: bool = False) -> learner_lib.Learner:
+  """The ProtoNet learner for ``embed_fn(params, inputs) -> [n, features]``.
+
+  ``inductive``: the query embeddings are ``embed_fn(params, query, reference=support)``
+  (``learner`` module docstring); the support embeddings use the support set's
+  own statistics either way.
+  """
   def metrics(meta_params, task, noise, settings, gate_mode, fixed_masks):
     params = adapt.masked_params(meta_params, noise, gate_mode, settings.hc, fixed_masks)
     logits = prototype_logits(embed_fn(params, task.support_inputs), task.support_targets,
-                              embed_fn(params, task.query_inputs))
+                              embed_fn(params, task.query_inputs, **learner_lib.query_reference(task, inductive)))
     loss = losses.softmax_cross_entropy(logits, task.query_targets)  # Labels, or distillation's distributions.
     accuracy = jnp.mean((jnp.argmax(logits, -1) == losses.labels_of(task.query_targets, logits.ndim)).astype(
         jnp.float32))

@@ -33,8 +33,9 @@ def pull(theta, adapted) -> jax.Array:
 
 
 def reptile(loss_fn: adapt.LossFn, accuracy_fn: Callable | None = None, *,
-            execution: Execution = Execution()) -> learner_lib.Learner:
-  adaptive = maml.adaptive_learner('reptile', loss_fn, accuracy_fn, execution=execution, first_order=True)
+            execution: Execution = Execution(), inductive: bool = False) -> learner_lib.Learner:
+  adaptive = maml.adaptive_learner('reptile', loss_fn, accuracy_fn, execution=execution, first_order=True,
+                                   inductive=inductive)
 
   def task_loss(meta_params, task, noise, *, settings, gate_mode='sample', fixed_masks=None):
     settings = settings._replace(first_order=True)
@@ -43,6 +44,8 @@ def reptile(loss_fn: adapt.LossFn, accuracy_fn: Callable | None = None, *,
     adapted = jax.lax.stop_gradient(adapted)
     gates_adapted = settings.adapt_gates and meta_params.get('gate_logits') is not None and gate_mode != 'off'
     theta = (meta_params['params'], meta_params['gate_logits']) if gates_adapted else meta_params['params']
-    return loss_fn(effective(adapted), task.query_inputs, task.query_targets) + pull(theta, adapted)
+    query_loss = loss_fn(effective(adapted), task.query_inputs, task.query_targets,
+                         **learner_lib.query_reference(task, inductive))
+    return query_loss + pull(theta, adapted)
 
   return adaptive._replace(task_loss=task_loss, batch_loss=learner_lib.batch_mean(task_loss, execution))

@@ -21,7 +21,15 @@ Batch norm, the MAML way: every call normalises each channel with the mean and
 the learnable ``scale`` / ``offset`` follow. There are no running averages and
 no train/eval mode. Under ``vmap`` over tasks each task is normalised with its
 own batch, so support and query sets of a task (separate calls) use their own
-statistics, as in the reference MAML implementation (transductive at test time).
+statistics, as in the reference MAML implementation (transductive at test time:
+a query image's output depends on the other query images).
+
+Given a ``reference`` batch (``[n_ref, H, W, C]``, a task's support images),
+``conv4_apply`` / ``conv4_features`` are inductive instead: the net runs on
+``concatenate([reference, images])``, every batch-norm layer takes its
+statistics from the reference rows only, and only the rows of ``images`` are
+returned, so each image's output depends on the reference and on itself alone
+(``BN_MODES``). ``reference=None`` is the per-batch computation above.
 
 Channel pruning: a ``[width]`` mask on ``conv_i/kernel`` broadcasts onto the
 ``[3, 3, in, width]`` kernel and zeroes that filter; its pre-BN output is then
@@ -65,6 +73,9 @@ from metaprune_jax.masks import masking
 
 METHODS = ('auto', 'conv', 'patches')
 BATCH_NORM_EPSILON = 1e-5
+# How query images are normalised: 'transductive' (with their own batch's statistics) or 'inductive' (with a
+# reference batch's, the support set's: a query image's output does not depend on the other query images).
+BN_MODES = ('transductive', 'inductive')
 
 
 def resolve_method(method: str) -> str:
@@ -167,17 +178,32 @@ def conv2d(images: types.Array, kernel: types.Array, *,
                     kernel.reshape(kh * kw * cin, cout))
 
 
-def batch_norm(x: types.Array, scale: types.Array,
-               offset: types.Array) -> types.Array:
-  """Normalises ``x`` ``[batch, height, width, channels]`` with its own batch stats.
+def batch_norm(x: types.Array, scale: types.Array, offset: types.Array,
+               reference: types.Array | None = None) -> types.Array:
+  """Normalises ``x`` ``[batch, height, width, channels]`` with batch statistics.
 
-  Mean and biased variance per channel over ``[batch, height, width]``; then
-  ``* scale + offset`` (both ``[channels]``). No running averages.
+  Mean and biased variance per channel over ``[batch, height, width]`` of
+  ``reference`` (or of ``x`` itself when it is None); then ``* scale + offset``
+  (both ``[channels]``). No running averages.
+
+  Args:
+    x: ``[batch, height, width, channels]`` activations to normalise.
+    scale: ``[channels]``.
+    offset: ``[channels]``.
+    reference: None, or ``[n_ref, height, width, channels]`` activations
+      whose statistics normalise ``x`` (for example the support rows of ``x``).
+
+  Returns:
+    ``[batch, height, width, channels]``.
   """
-  mean = jnp.mean(x, axis=(0, 1, 2))
-  centered = x - mean
-  variance = jnp.mean(jnp.square(centered), axis=(0, 1, 2))
-  return centered * (lax.rsqrt(variance + BATCH_NORM_EPSILON) * scale) + offset
+  if reference is None:
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    centered = x - mean
+    variance = jnp.mean(jnp.square(centered), axis=(0, 1, 2))
+    return centered * (lax.rsqrt(variance + BATCH_NORM_EPSILON) * scale) + offset
+  mean = jnp.mean(reference, axis=(0, 1, 2))
+  variance = jnp.mean(jnp.square(reference - mean), axis=(0, 1, 2))
+  return (x - mean) * (lax.rsqrt(variance + BATCH_NORM_EPSILON) * scale) + offset
 
 
 def max_pool_2x2(x: types.Array) -> types.Array:
@@ -205,7 +231,8 @@ def _depth(params: types.Params) -> int:
 
 def conv4_features(params: types.Params, images: types.Array,
                    masks: types.Masks | None = None, *,
-                   method: str = 'auto') -> types.Array:
+                   method: str = 'auto',
+                   reference: types.Array | None = None) -> types.Array:
   """The embedding before the head (for prototypical networks).
 
   Args:
@@ -213,37 +240,58 @@ def conv4_features(params: types.Params, images: types.Array,
     images: ``[batch, height, width, in_channels]``, e.g. ``[25, 28, 28, 1]``.
     masks: ``None`` or a tree mirroring ``params`` (``None`` leaves stay dense).
     method: convolution formulation, ``'auto'``, ``'conv'`` or ``'patches'``.
+    reference: None (every batch-norm layer uses the statistics of
+      ``images``), or ``[n_ref, height, width, in_channels]`` images whose
+      statistics every batch-norm layer uses instead (inductive, module
+      docstring), e.g. a task's support set.
 
   Returns:
     ``[batch, features]`` with ``features = side * side * width``, e.g.
     ``[25, 64]`` for 28x28 images and depth 4.
 
   Raises:
-    ValueError: for images that are not ``[batch, H, W, in_channels]`` or an
-      unknown ``method``.
+    ValueError: for images (or a reference) that are not ``[batch, H, W,
+      in_channels]`` or an unknown ``method``.
   """
-  return _embed(masking.apply_masks(params, masks), images, resolve_method(method))
+  return _embed(masking.apply_masks(params, masks), images, resolve_method(method), reference)
 
 
-def _embed(params: types.Params, images: types.Array, method: str) -> types.Array:
+def _check_images(images: types.Array, in_channels: int, name: str) -> None:
+  if images.ndim != 4 or images.shape[-1] != in_channels:
+    raise ValueError(
+        f'{name} must be [batch, height, width, {in_channels}] (NHWC, matching '
+        f'conv_0/kernel), got shape {images.shape}.')
+
+
+def _embed(params: types.Params, images: types.Array, method: str,
+           reference: types.Array | None = None) -> types.Array:
   """``conv4_features`` of already-masked params."""
   depth = _depth(params)
   in_channels = params['conv_0']['kernel'].shape[2]
-  if images.ndim != 4 or images.shape[-1] != in_channels:
-    raise ValueError(
-        f'images must be [batch, height, width, {in_channels}] (NHWC, matching '
-        f'conv_0/kernel), got shape {images.shape}.')
+  _check_images(images, in_channels, 'images')
+  num_reference = 0
   x = images
+  if reference is not None:
+    _check_images(reference, in_channels, 'reference')
+    if reference.shape[1:] != images.shape[1:]:
+      raise ValueError(f'reference images {reference.shape[1:]} and images {images.shape[1:]} differ in size; '
+                       'the net runs on both in one batch.')
+    num_reference = reference.shape[0]
+    x = jnp.concatenate([reference, images], axis=0)
   for i in range(depth):
     x = conv2d(x, params[f'conv_{i}']['kernel'], method=method)
-    x = batch_norm(x, params[f'norm_{i}']['scale'], params[f'norm_{i}']['offset'])
+    x = batch_norm(x, params[f'norm_{i}']['scale'], params[f'norm_{i}']['offset'],
+                   None if reference is None else x[:num_reference])
     x = max_pool_2x2(jax.nn.relu(x))
+  if reference is not None:
+    x = x[num_reference:]
   return x.reshape(x.shape[0], -1)
 
 
 def conv4_apply(params: types.Params, images: types.Array,
                 masks: types.Masks | None = None, *,
-                method: str = 'auto') -> types.Array:
+                method: str = 'auto',
+                reference: types.Array | None = None) -> types.Array:
   """Conv-4 logits.
 
   Works under ``jax.vmap(..., in_axes=(0, 0, None))`` over per-task params and
@@ -254,6 +302,8 @@ def conv4_apply(params: types.Params, images: types.Array,
     images: ``[batch, height, width, in_channels]``, e.g. ``[5, 28, 28, 1]``.
     masks: ``None`` or a tree mirroring ``params`` (``None`` leaves stay dense).
     method: convolution formulation, ``'auto'``, ``'conv'`` or ``'patches'``.
+    reference: None, or ``[n_ref, height, width, in_channels]`` images whose
+      batch-norm statistics normalise ``images`` (``conv4_features``).
 
   Returns:
     ``[batch, num_classes]`` logits.
@@ -263,7 +313,7 @@ def conv4_apply(params: types.Params, images: types.Array,
       size that does not match the head (images of another size than at init).
   """
   params = masking.apply_masks(params, masks)
-  features = _embed(params, images, resolve_method(method))
+  features = _embed(params, images, resolve_method(method), reference)
   if 'head' not in params:
     raise ValueError("params has no 'head' entry; build them with init_conv4 "
                      '(or call conv4_features for the embedding).')

@@ -10,8 +10,6 @@ import pytest
 from PIL import Image
 from PIL import ImageDraw
 
-from experiments import train
-from experiments.configs import omniglot_tiny
 from tests import shared_data
 from tests.experiments.test_maml_prune import ROOT
 
@@ -34,15 +32,11 @@ def _write_episode(root, name, ways, shots, queries, size, rng):
         image.save(os.path.join(folder, f'{i}.png'))
 
 
-def test_evaluate_a_trained_run_on_user_episodes(tmp_path):
-  config = omniglot_tiny.get_config()
-  config.task.data_dir = shared_data.OMNIGLOT_DIR
-  config.algorithm = 'protonet'
-  train.run(config, str(tmp_path / 'run'))
+def test_evaluate_a_trained_run_on_user_episodes(tiny_protonet_run, tmp_path):
   rng = np.random.default_rng(0)
   _write_episode(tmp_path / 'episodes', 'a', ways=3, shots=2, queries=2, size=40, rng=rng)
   _write_episode(tmp_path / 'episodes', 'b', ways=5, shots=1, queries=3, size=64, rng=rng)
-  result = subprocess.run([sys.executable, '-m', 'experiments.evaluate', f'--workdir={tmp_path}/run',
+  result = subprocess.run([sys.executable, '-m', 'experiments.evaluate', f'--workdir={tiny_protonet_run}',
                            f'--episodes={tmp_path}/episodes', f'--output={tmp_path}/out.json'],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,6 +1,7 @@
 """The omniglot task: real episodes, learners end to end, and errors that name the field before compiling."""
 
 import json
+import math
 import os
 import re
 
@@ -38,7 +39,9 @@ def test_tiny_protonet_run_reports_accuracy_sparsity_and_flops(tmp_path):
   assert set(summary['eval']) == {'sparse', 'sparse/accuracy', 'gates_off', 'gates_off/accuracy'}
   structure = summary['structure']
   assert structure['effective_flops'] < structure['dense_flops']
-  assert 0.7 < structure['conv_weight_sparsity'] < 0.9  # Hardened to the 0.8 target (conv kernels only).
+  # Hardened to the target: exactly ceil(target * N) of the N gated weights (the conv kernels; the head is dense).
+  pruned = math.ceil(config.sparsity.target_sparsity * structure['conv_weights'] - 1e-9)
+  assert structure['nonzero_conv_weights'] == structure['conv_weights'] - pruned
   assert 0 <= structure['pruned_channels'] <= structure['conv_channels'] == 2 * config.model.conv_width
 
 
@@ -51,7 +54,12 @@ def test_tiny_meta_pruner_run_reports_the_structure_of_the_task_masks(tmp_path):
   structure, analysis = summary['structure'], summary['meta_pruner']
   assert structure['num_tasks'] == 4  # Every held-out task analysed (eval_num_tasks = 4).
   assert abs(structure['conv_weight_sparsity'] - analysis['realised_sparsity']['mean']) < 1e-6
-  assert 0.79 < structure['conv_weight_sparsity'] < 0.81 and structure['effective_flops'] < structure['dense_flops']
+  # Every task's mask is hardened to exactly ceil(target * N) of the N gated conv weights.
+  pruned = math.ceil(config.sparsity.target_sparsity * structure['conv_weights'] - 1e-9)
+  assert structure['conv_weight_sparsity'] == pytest.approx(pruned / structure['conv_weights'], abs=1e-12)
+  per_task = analysis['realised_sparsity']
+  assert per_task['min'] == per_task['max'] == pruned / structure['conv_weights']
+  assert structure['effective_flops'] < structure['dense_flops']
 
 
 @pytest.mark.parametrize('overrides, expected', [

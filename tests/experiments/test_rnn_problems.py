@@ -113,11 +113,15 @@ def test_strokes_episodes_are_character_disjoint(tmp_path):
   # The sampled episodes draw only from their split: every episode drawing is one of that split's.
   config = _tiny_strokes(tmp_path, {'task.ways': 5, 'task.num_query': 3})
   problem = problems.get_problem(config)
-  train_set = {d.tobytes() for d in splits['train'].drawings.reshape(-1, 8, 3)}
-  test_set = {d.tobytes() for d in splits['test'].drawings.reshape(-1, 8, 3)}
+  train_set, val_set, test_set = ({d.tobytes() for d in splits[name].drawings.reshape(-1, 8, 3)}
+                                  for name in ('train', 'val', 'test'))
   train_tasks = problem.train_sampler(jax.random.key(0), 3)
-  eval_tasks = problem.eval_sampler(jax.random.key(0), 3, 1)
-  for tasks, own, other in ((train_tasks, train_set, test_set), (eval_tasks, test_set, train_set)):
+  eval_tasks = problem.eval_sampler(jax.random.key(0), 3, 1)  # eval.split='validation', the default.
+  test_tasks = problems.get_problem(_tiny_strokes(tmp_path, {'task.ways': 5, 'task.num_query': 3,
+                                                             'eval.split': 'test'})).eval_sampler(
+                                                                 jax.random.key(0), 3, 1)
+  for tasks, own, other in ((train_tasks, train_set, val_set | test_set), (eval_tasks, val_set, train_set | test_set),
+                            (test_tasks, test_set, train_set | val_set)):
     drawings = np.concatenate([np.asarray(tasks.support_inputs).reshape(-1, 8, 3),
                                np.asarray(tasks.query_inputs).reshape(-1, 8, 3)])
     assert all(d.tobytes() in own and d.tobytes() not in other for d in drawings)
@@ -134,9 +138,9 @@ def test_train_rotations_add_training_classes_only(tmp_path):
   train_tasks = problem.train_sampler(jax.random.key(0), 16)
   drawings = np.asarray(train_tasks.support_inputs).reshape(-1, 8, 3)
   assert sum(d.tobytes() in rotated_set for d in drawings) > len(drawings) // 2  # ~3/4 are rotated copies.
-  test_set = {d.tobytes() for d in splits['test'].drawings.reshape(-1, 8, 3)}
+  val_set = {d.tobytes() for d in splits['val'].drawings.reshape(-1, 8, 3)}  # Unrotated validation drawings.
   eval_tasks = problem.eval_sampler(jax.random.key(0), 4, 1)
-  assert all(d.tobytes() in test_set for d in np.asarray(eval_tasks.support_inputs).reshape(-1, 8, 3))
+  assert all(d.tobytes() in val_set for d in np.asarray(eval_tasks.support_inputs).reshape(-1, 8, 3))
   with pytest.raises(ValueError, match=r'--config\.task\.train_rotations'):
     problems.get_problem(_tiny_strokes(tmp_path, {'task.train_rotations': (45,)}))
 

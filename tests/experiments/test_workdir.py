@@ -88,6 +88,16 @@ def test_every_changed_field_is_named_and_nothing_written(finished):
   assert _snapshot(finished) == before
 
 
+def test_a_field_added_since_the_run_resumes_at_its_default_and_is_named_when_changed(finished):
+  stored = json.loads(open(os.path.join(finished, 'config.json')).read())
+  del stored['run']['max_skipped_fraction'], stored['eval']['divergence_ratio']  # Saved before they existed.
+  text = json.dumps(stored)
+  assert workdir_lib.config_changes(text, _config()) == {}
+  changed = _config()
+  changed.eval.divergence_ratio = 3.0
+  assert workdir_lib.config_changes(text, changed) == {'eval.divergence_ratio': (10.0, 3.0)}
+
+
 def test_allowed_change_extends_a_run_and_timings_cover_both_segments(finished, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished, workdir)  # The same finished run as train.run(_config(), workdir), without rerunning it.

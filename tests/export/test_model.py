@@ -6,12 +6,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from metaprune_jax.export import artifact
 from metaprune_jax.export import model as model_lib
 from metaprune_jax.masks import masking
 from metaprune_jax.meta import adapt
+from metaprune_jax.meta import protonet
 from metaprune_jax.meta import settings as settings_lib
 from metaprune_jax.nets import conv
 from metaprune_jax.nets import mlp
@@ -85,10 +87,53 @@ def test_protonet_conv4_export_predicts_the_masked_prototype_logits(tmp_path):
   loaded = model_lib.load_compact(str(tmp_path))
   images = jnp.asarray(rng.random((9, 16, 16, 1)), jnp.float32)
   labels = jnp.array([0, 1, 2] * 3)
-  from metaprune_jax.meta import protonet  # pylint: disable=import-outside-toplevel
   embed = lambda x: conv.conv4_features(params, x, masks, method='conv')
   expected = protonet.prototype_logits(embed(images), labels, embed(images[::-1]))
   np.testing.assert_allclose(loaded.predict(images, labels, images[::-1]), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('learner', ['protonet', 'maml'])
+def test_inductive_predict_equals_the_masked_model_with_support_statistics(tmp_path, learner):
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(np.asarray, conv.init_conv4(jax.random.key(1), image_size=8, width=6, depth=2,
+                                                    num_classes=3))
+  masks = {name: {leaf: None for leaf in value} for name, value in params.items()}
+  for i in range(2):
+    params[f'norm_{i}']['offset'] = rng.normal(size=6).astype(np.float32)
+    masks[f'conv_{i}']['kernel'] = (rng.random((3, 3, params[f'conv_{i}']['kernel'].shape[2], 6)) < 0.6).astype(
+        np.float32)
+  spec = {'arch': 'conv4', 'image_size': 8, 'learner': learner, 'loss': 'cross_entropy', 'inner_lr': 0.3,
+          'num_inner_steps': 2, 'adapt_keys': None, 'conv_method': 'patches', 'bn_mode': 'inductive'}
+  model_lib.export_compact(str(tmp_path), spec, params, masks)
+  loaded = model_lib.load_compact(str(tmp_path))
+  support = jnp.asarray(rng.random((6, 8, 8, 1)), jnp.float32)
+  labels = jnp.array([0, 1, 2] * 2)
+  query = jnp.asarray(rng.random((4, 8, 8, 1)), jnp.float32)
+  if learner == 'protonet':
+    embed = lambda x, **kw: conv.conv4_features(params, x, masks, method='conv', **kw)  # pylint: disable=unnecessary-lambda-assignment
+    expected = protonet.prototype_logits(embed(support), labels, embed(query, reference=support))
+  else:
+    settings = settings_lib.InnerSettings(inner_lr=spec['inner_lr'], num_inner_steps=spec['num_inner_steps'])
+    loss = lambda p, x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(  # pylint: disable=unnecessary-lambda-assignment
+        conv.conv4_apply(p, x, method='conv'), y))
+    task = type('Task', (), {'support_inputs': support, 'support_targets': labels})
+    fast, effective = adapt.adapt_task({'params': params, 'gate_logits': None}, task, None, loss, settings,
+                                       settings_lib.Execution(), 'off', None, fixed_masks=masks)
+    expected = conv.conv4_apply(effective(fast), query, method='conv', reference=support)
+  predicted = loaded.predict(support, labels, query)
+  np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-4)
+  # A query image's prediction ignores the other query images; the transductive export's does not.
+  changed = query.at[0].set(1.0 - query[0])
+  np.testing.assert_allclose(loaded.predict(support, labels, changed)[1:], predicted[1:], rtol=1e-6, atol=1e-6)
+  transductive = model_lib.predict_fn({**spec, 'bn_mode': 'transductive'}, loaded.params, loaded.masks)
+  assert not np.allclose(transductive(support, labels, changed)[1:], transductive(support, labels, query)[1:])
+
+
+def test_a_bad_bn_mode_is_refused():
+  with pytest.raises(ValueError, match='bn_mode'):
+    model_lib.check_spec({'arch': 'conv4', 'image_size': 8, 'loss': 'cross_entropy', 'bn_mode': 'per_image'})
+  with pytest.raises(ValueError, match='conv4'):
+    model_lib.check_spec({**MLP_SPEC, 'bn_mode': 'inductive'})
 
 
 def test_int8_export_is_smaller_and_close(tmp_path):

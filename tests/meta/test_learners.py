@@ -23,22 +23,23 @@ from tests import test_utils
 WAYS, SHOTS, QUERIES, SIZE = 3, 2, 2, 8
 
 
-def _loss(params, images, labels):
-  logits = conv.conv4_apply(params, images, method='patches')
+def _loss(params, images, labels, reference=None):
+  logits = conv.conv4_apply(params, images, method='patches', reference=reference)
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def _accuracy(params, images, labels):
-  return jnp.mean((jnp.argmax(conv.conv4_apply(params, images, method='patches'), -1) == labels).astype(jnp.float32))
+def _accuracy(params, images, labels, reference=None):
+  logits = conv.conv4_apply(params, images, method='patches', reference=reference)
+  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
-def _embed(params, images):
-  return conv.conv4_features(params, images, method='patches')
+def _embed(params, images, reference=None):
+  return conv.conv4_features(params, images, method='patches', reference=reference)
 
 
-def _learner(name, execution=Execution()):
+def _learner(name, execution=Execution(), inductive=False):
   return learners.get_learner(name, loss_fn=_loss, accuracy_fn=_accuracy, embed_fn=_embed, head_keys=('head',),
-                              execution=execution)
+                              execution=execution, inductive=inductive)
 
 
 def _params():
@@ -128,6 +129,31 @@ def test_contract_one_jitted_meta_step(name, masking):
 
 def _one_task():
   return jax.tree.map(lambda x: x[0], _tasks(jax.random.key(7), 1))
+
+
+@pytest.mark.parametrize('name', learners.LEARNERS)
+def test_inductive_query_loss_is_the_mean_of_each_query_images_own_loss(name):
+  # Inductive batch norm: no query image affects another's prediction, so the query loss (training) and the query
+  # metrics (evaluation) of the whole query set are the means over one-image query sets. Transductive ones are not.
+  settings, task = InnerSettings(inner_lr=0.1), _one_task()
+  num_query = task.query_targets.shape[0]
+  singles = [task._replace(query_inputs=task.query_inputs[i:i + 1], query_targets=task.query_targets[i:i + 1])
+             for i in range(num_query)]
+  for inductive in (True, False):
+    learner = _learner(name, inductive=inductive)
+    meta_params = _meta_params(learner, settings)
+    loss = jax.jit(lambda mp, t, lrn=learner: lrn.task_loss(mp, t, None, settings=settings, gate_mode='off'))
+    traces = jax.jit(lambda mp, t, lrn=learner: lrn.task_traces(mp, t, settings=settings))
+    whole_loss, single_losses = loss(meta_params, task), [loss(meta_params, t) for t in singles]
+    whole_traces = traces(meta_params, task)
+    single_traces = [traces(meta_params, t) for t in singles]
+    mean_traces = jax.tree.map(lambda *x: jnp.mean(jnp.stack(x), axis=0), *single_traces)
+    if inductive:
+      test_utils.assert_close(whole_loss, np.mean(single_losses), rtol=1e-5, atol=1e-6)
+      test_utils.assert_trees_all_close(whole_traces, mean_traces, rtol=1e-5, atol=1e-6)
+    else:
+      assert not np.allclose(whole_loss, np.mean(single_losses), rtol=1e-3)
+      assert not np.allclose(whole_traces['loss'], mean_traces['loss'], rtol=1e-3)
 
 
 def test_fomaml_gradient_equals_the_stop_gradient_reference():

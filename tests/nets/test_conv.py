@@ -1,5 +1,7 @@
 """Tests for metaprune_jax.nets.conv (Conv-4)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -151,6 +153,93 @@ def test_logits_depend_on_the_rest_of_the_batch():
   changed = images.at[1:].multiply(5.0)
   logits = conv.conv4_apply(params, images)
   assert not np.allclose(conv.conv4_apply(params, changed)[0], logits[0])
+
+
+def _per_batch_logits(params, images):
+  """Conv-4 logits as written before the ``reference`` argument existed (own-batch statistics)."""
+  x = images
+  for i in range(_SMALL['depth']):
+    x = conv.conv2d(x, params[f'conv_{i}']['kernel'], method='conv')
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    centered = x - mean
+    variance = jnp.mean(jnp.square(centered), axis=(0, 1, 2))
+    x = centered * (lax.rsqrt(variance + conv.BATCH_NORM_EPSILON) * params[f'norm_{i}']['scale']) + params[
+        f'norm_{i}']['offset']
+    x = conv.max_pool_2x2(jax.nn.relu(x))
+  return x.reshape(x.shape[0], -1) @ params['head']['kernel'] + params['head']['bias']
+
+
+@pytest.mark.parametrize('method', ['conv', 'patches'])
+def test_inductive_logits_of_a_query_image_ignore_the_other_query_images(method):
+  params, support, query = _small_params(), _images(20), _images(21, batch=4)
+  changed = query.at[0].set(_images(22, batch=1)[0])
+  apply = jax.jit(functools.partial(conv.conv4_apply, method=method))
+  inductive = apply(params, query, reference=support)
+  changed_inductive = apply(params, changed, reference=support)
+  assert inductive.shape == (4, _SMALL['num_classes'])
+  test_utils.assert_equal(changed_inductive[1:], inductive[1:])
+  assert not np.allclose(changed_inductive[0], inductive[0])
+  # Transductive (no reference): the same change moves every query image's logits.
+  transductive, changed_transductive = apply(params, query), apply(params, changed)
+  assert not np.allclose(changed_transductive[1:], transductive[1:])
+
+
+def test_inductive_embedding_is_the_embedding_of_reference_and_images_with_reference_statistics():
+  params, support, query = _small_params(), _images(23), _images(24, batch=2)
+  features = conv.conv4_features(params, query, reference=support, method='conv')
+  # The batch itself as the reference is the per-batch computation.
+  test_utils.assert_close(conv.conv4_features(params, query, reference=query, method='conv'),
+                          conv.conv4_features(params, query, method='conv'), rtol=1e-5, atol=1e-5)
+  # The support's own embedding does not depend on the query images.
+  test_utils.assert_close(conv.conv4_features(params, support, reference=support, method='conv'),
+                          conv.conv4_features(params, support, method='conv'), rtol=1e-5, atol=1e-5)
+  assert features.shape == (2, 4 * _SMALL['width'])
+
+
+@pytest.mark.parametrize('jit', [False, True])
+def test_no_reference_is_the_per_batch_computation_exactly(jit):
+  params, images = _small_params(), _images(25, batch=5)
+  apply = lambda p, x: conv.conv4_apply(p, x, method='conv', reference=None)  # pylint: disable=unnecessary-lambda-assignment
+  old = _per_batch_logits
+  if jit:
+    apply, old = jax.jit(apply), jax.jit(old)
+  test_utils.assert_equal(apply(params, images), old(params, images))
+
+
+def test_batch_norm_with_a_reference_matches_numpy():
+  x = np.asarray(jax.random.normal(jax.random.key(26), (3, 2, 2, 4)), np.float64)
+  reference = np.asarray(jax.random.normal(jax.random.key(27), (5, 2, 2, 4)), np.float64) * 2.0 + 0.5
+  scale, offset = np.array([1.0, 2.0, 0.5, 3.0]), np.array([0.0, -1.0, 1.0, 0.25])
+  mean = reference.mean(axis=(0, 1, 2))
+  variance = ((reference - mean) ** 2).mean(axis=(0, 1, 2))
+  expected = (x - mean) / np.sqrt(variance + conv.BATCH_NORM_EPSILON) * scale + offset
+  out = conv.batch_norm(jnp.asarray(x, jnp.float32), jnp.asarray(scale, jnp.float32),
+                        jnp.asarray(offset, jnp.float32), jnp.asarray(reference, jnp.float32))
+  test_utils.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+  # x's own statistics play no part: only the reference's.
+  test_utils.assert_close(conv.batch_norm(jnp.asarray(x[:1], jnp.float32), jnp.asarray(scale, jnp.float32),
+                                          jnp.asarray(offset, jnp.float32), jnp.asarray(reference, jnp.float32)),
+                          expected[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_inductive_apply_vmaps_over_per_task_params_and_references():
+  keys = jax.random.split(jax.random.key(28), 2)
+  task_params = jax.vmap(lambda k: conv.init_conv4(k, **_SMALL), in_axes=(0,))(keys)
+  support, query = _images(29, leading=(2,)), _images(30, batch=2, leading=(2,))
+  batched = jax.jit(jax.vmap(lambda p, x, r: conv.conv4_apply(p, x, method='patches', reference=r),
+                             in_axes=(0, 0, 0)))(task_params, query, support)
+  for t in range(2):
+    single = conv.conv4_apply(jax.tree.map(lambda a, t=t: a[t], task_params), query[t], method='conv',
+                              reference=support[t])
+    test_utils.assert_close(batched[t], single, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reference_of_another_image_size_is_refused():
+  params = _small_params()
+  with pytest.raises(ValueError, match='reference'):
+    conv.conv4_apply(params, _images(31), reference=_images(32, size=6))
+  with pytest.raises(ValueError, match='reference must be'):
+    conv.conv4_apply(params, _images(31), reference=_images(32, channels=1))
 
 
 @pytest.mark.parametrize('image_size,width,depth,features', [

@@ -115,3 +115,87 @@ def test_sample_episodes_jit_matches_eager_is_key_deterministic_and_does_not_ret
 def test_sample_episodes_rejects_bad_sizes_naming_the_argument(kwargs, name):
   with pytest.raises(ValueError, match=name):
     omniglot.sample_episodes(jax.random.key(0), _tagged_images(), num_tasks=2, **kwargs)
+
+
+# Within-group episodes: 12 classes in groups of 6, 3, 2 and 1 classes, interleaved (ids not contiguous).
+GROUP_OF_CLASS = np.array([2, 0, 1, 0, 2, 0, 3, 1, 0, 1, 0, 0], np.int32)
+GROUP_WAYS, GROUP_TASKS = 3, 400  # Groups 0 and 1 hold >= 3 classes; groups 2 and 3 are too small.
+_SAMPLE_WITHIN_GROUP = jax.jit(omniglot.sample_within_group_episodes, static_argnames=STATICS)
+
+
+@pytest.fixture(scope='module')
+def group_batch():
+  return _SAMPLE_WITHIN_GROUP(jax.random.key(0), _tagged_images(), GROUP_OF_CLASS, num_tasks=GROUP_TASKS,
+                              ways=GROUP_WAYS, shots=SHOTS, queries=QUERIES)
+
+
+def test_within_group_episodes_have_the_layout_of_mixed_episodes(group_batch):
+  assert group_batch.support_inputs.shape == (GROUP_TASKS, GROUP_WAYS * SHOTS, 2, 3, 1)
+  assert group_batch.query_inputs.shape == (GROUP_TASKS, GROUP_WAYS * QUERIES, 2, 3, 1)
+  assert group_batch.support_targets.dtype == group_batch.query_targets.dtype == jnp.int32
+  s_cls, _ = _ids(group_batch.support_inputs)
+  q_cls, _ = _ids(group_batch.query_inputs)
+  s_lab, q_lab = np.asarray(group_batch.support_targets), np.asarray(group_batch.query_targets)
+  for task in range(GROUP_TASKS):
+    label_of = {}
+    for cls, lab in zip(np.concatenate([s_cls[task], q_cls[task]]), np.concatenate([s_lab[task], q_lab[task]])):
+      assert label_of.setdefault(cls, lab) == lab, 'same class got two labels'
+    assert sorted(label_of.values()) == list(range(GROUP_WAYS))
+    test_utils.assert_equal(np.unique(s_cls[task], return_counts=True)[1], np.full(GROUP_WAYS, SHOTS))
+
+
+def test_within_group_episodes_draw_distinct_classes_of_one_group(group_batch):
+  s_cls, _ = _ids(group_batch.support_inputs)
+  q_cls, _ = _ids(group_batch.query_inputs)
+  for task in range(GROUP_TASKS):
+    assert len(set(s_cls[task])) == GROUP_WAYS and set(q_cls[task]) == set(s_cls[task])
+    assert len(set(GROUP_OF_CLASS[s_cls[task]])) == 1, f'task {task} mixes groups'
+
+
+def test_within_group_episodes_draw_each_eligible_group_equally_and_never_a_small_one(group_batch):
+  s_cls, _ = _ids(group_batch.support_inputs)
+  groups = GROUP_OF_CLASS[s_cls[:, 0]]
+  assert set(groups) == {0, 1}  # Groups 2 (2 classes) and 3 (1 class) cannot hold 3 ways.
+  # Uniform over eligible groups: 1/2 each (weighting by size would give group 0 two thirds); 4 sigma = 0.1.
+  assert abs(np.mean(groups == 0) - 0.5) < 0.1
+  eligible_classes = set(np.flatnonzero(np.isin(GROUP_OF_CLASS, [0, 1])))
+  assert set(s_cls.ravel()) == eligible_classes  # Every class of an eligible group is drawn at some point.
+
+
+def test_within_group_episodes_support_and_query_drawers_are_distinct(group_batch):
+  s_cls, s_drw = _ids(group_batch.support_inputs)
+  q_cls, q_drw = _ids(group_batch.query_inputs)
+  for task in range(GROUP_TASKS):
+    support, query = set(zip(s_cls[task], s_drw[task])), set(zip(q_cls[task], q_drw[task]))
+    assert len(support) == GROUP_WAYS * SHOTS and len(query) == GROUP_WAYS * QUERIES
+    assert not support & query
+
+
+def test_within_group_episodes_jit_matches_eager_and_does_not_retrace_across_keys(group_batch):
+  counter = test_utils.CompileCounter()
+  sample = jax.jit(counter.wrap(omniglot.sample_within_group_episodes), static_argnames=STATICS)
+  images, groups = _tagged_images(), jnp.asarray(GROUP_OF_CLASS)
+  kwargs = dict(num_tasks=GROUP_TASKS, ways=GROUP_WAYS, shots=SHOTS, queries=QUERIES)
+  test_utils.assert_trees_all_equal(omniglot.sample_within_group_episodes(jax.random.key(0), images, groups,
+                                                                          **kwargs), group_batch)
+  test_utils.assert_trees_all_equal(sample(jax.random.key(0), images, groups, **kwargs), group_batch)
+  other = sample(jax.random.key(1), images, groups, **kwargs)
+  assert not np.array_equal(other.support_inputs, group_batch.support_inputs)
+  assert counter.count == 1
+
+
+def test_group_ids_number_names_in_sorted_order():
+  test_utils.assert_equal(omniglot.group_ids(['Latin', 'Greek', 'Latin', 'Korean']), [2, 0, 2, 1])
+  assert omniglot.group_ids(['Latin']).dtype == np.int32
+
+
+@pytest.mark.parametrize('groups, ways, match', [
+    (GROUP_OF_CLASS, 7, 'ways=7 exceeds the 6 classes of the largest group'),
+    (GROUP_OF_CLASS[:-1], 3, r'group_of_class must be \[classes\] = \[12\]'),
+    (GROUP_OF_CLASS + 11, 3, r'group ids must be in \[0, classes\)'),
+    (GROUP_OF_CLASS.astype(np.float32), 3, 'integer group ids'),
+])
+def test_within_group_episodes_reject_bad_groups(groups, ways, match):
+  with pytest.raises(ValueError, match=match):
+    omniglot.sample_within_group_episodes(jax.random.key(0), _tagged_images(), groups, num_tasks=2, ways=ways,
+                                          shots=1, queries=1)
