@@ -19,6 +19,14 @@ pruned weight stays exactly zero. Every method takes exactly
   masks are recomputed every ``gradual_update_every_steps`` outside the jitted
   step (same shapes, so the step never retraces).
 * ``random``: uniform random pruning at initialisation (the sanity floor).
+* ``rl``: as ``magnitude_finetune``, with the per-layer kept counts chosen at
+  the prune step by a policy-gradient controller on validation tasks
+  (``experiments/allocation.py``; ``pruning.budget`` and the ``pruning.rl_*`` fields).
+* ``l0``: as ``magnitude_finetune``, with the per-layer kept counts that
+  hard-concrete gates learn on the same config and seed (``allocation.l0_gates``).
+* ``rl_l0_fill``: as ``rl``, filling each layer's count by those gates' logits
+  instead of the weights' magnitudes; ``erk_l0_fill`` and ``l0_l0_fill`` fill
+  ERK's and the gates' own counts that way (the controls of the fill).
 
 The state starts with all-ones masks (exactly the dense net), so one jitted step
 serves the dense phase and the pruned phase without recompiling.
@@ -43,6 +51,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from experiments import allocation
 from experiments import build as build_lib
 from metaprune_jax import types
 from metaprune_jax.masks import masking
@@ -262,6 +271,75 @@ def random_pruning(exp: build_lib.Experiment, *,
                      log_every_steps=int(config.run.log_every_steps), name='random')
 
 
+def rl_allocation(exp: build_lib.Experiment, *, on_mask_update: MaskCallback | None = None,
+                  on_search: Callable[[allocation.SearchResult], None] | None = None,
+                  fill: str = 'magnitude') -> meta_step.MetaState:
+  """As ``magnitude_finetune``, pruning each layer to the kept count the controller chose.
+
+  At the prune step ``allocation.search`` runs the controller from the dense
+  state (``on_search`` receives its result), then the fixed-mask meta-training
+  is the same as ``magnitude_finetune``'s. ``fill``: which weights of a layer
+  stay, the largest ``'magnitude'`` or ``'l0'`` gate logits (``allocation.l0_gates``).
+  """
+  config = exp.config
+  scores = allocation.l0_gates(config)[1] if fill == 'l0' else None
+  allocation.check_task(config)
+  state, step_fn = _setup(exp)
+  num_steps = int(config.outer.num_outer_steps)
+  prune_step = int(round(float(config.pruning.finetune_dense_fraction) * num_steps))
+
+  def prune_at(step, state):
+    if step != prune_step:
+      return None
+    result = allocation.search(exp, state, scores=scores)
+    if on_search is not None:
+      on_search(result)
+    masks = allocation.allocation_masks(state.meta_params['params'], result.counts, scores)
+    if on_mask_update is not None:
+      on_mask_update(step, masks)
+    return with_masks(state, masks)
+  return _meta_train(state, step_fn, num_steps, prune_at=prune_at, log_every_steps=int(config.run.log_every_steps),
+                     name='rl' if fill == 'magnitude' else f'rl_{fill}_fill')
+
+
+def rl_l0_fill(exp: build_lib.Experiment, *, on_mask_update: MaskCallback | None = None,
+               on_search: Callable[[allocation.SearchResult], None] | None = None) -> meta_step.MetaState:
+  """``rl_allocation`` filling each layer by the hard-concrete gates' logits (``allocation.l0_gates``)."""
+  return rl_allocation(exp, on_mask_update=on_mask_update, on_search=on_search, fill='l0')
+
+
+def _fixed_allocation(exp: build_lib.Experiment, counts: str, fill: str, name: str,
+                      on_mask_update: MaskCallback | None) -> meta_step.MetaState:
+  """``_prune_once`` to the per-layer kept counts of ``counts`` ('erk' or 'l0': ``allocation.l0_gates``), each
+  layer filled by the largest ``fill`` scores ('magnitude' or 'l0': the gates' logits)."""
+  gated = allocation.l0_gates(exp.config) if 'l0' in (counts, fill) else None
+  scores = gated[1] if fill == 'l0' else None
+
+  def make_masks(params):
+    kept = gated[0] if counts == 'l0' else allocation.erk_counts(exp.config, params)
+    return allocation.allocation_masks(params, kept, scores)
+  return _prune_once(exp, make_masks, name, on_mask_update)
+
+
+def l0_allocation(exp: build_lib.Experiment, *,
+                  on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
+  """As ``magnitude_finetune``, pruning each layer by magnitude to the kept count of the hard-concrete gates
+  learned on the same config and seed (``allocation.l0_gates``)."""
+  return _fixed_allocation(exp, 'l0', 'magnitude', 'l0', on_mask_update)
+
+
+def erk_l0_fill(exp: build_lib.Experiment, *,
+                on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
+  """ERK's per-layer kept counts filled by the hard-concrete gates' logits (the control of ``rl_l0_fill``)."""
+  return _fixed_allocation(exp, 'erk', 'l0', 'erk_l0_fill', on_mask_update)
+
+
+def l0_l0_fill(exp: build_lib.Experiment, *,
+               on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
+  """The hard-concrete gates' own mask (their counts, filled by their logits) on the dense weights, fine-tuned."""
+  return _fixed_allocation(exp, 'l0', 'l0', 'l0_l0_fill', on_mask_update)
+
+
 BASELINES: dict[str, Callable[..., meta_step.MetaState]] = {
     'magnitude_finetune': magnitude_finetune,
     'filter_finetune': filter_finetune,
@@ -269,6 +347,11 @@ BASELINES: dict[str, Callable[..., meta_step.MetaState]] = {
     'snip': snip,
     'gradual_magnitude': gradual_magnitude,
     'random': random_pruning,
+    'rl': rl_allocation,
+    'l0': l0_allocation,
+    'rl_l0_fill': rl_l0_fill,
+    'erk_l0_fill': erk_l0_fill,
+    'l0_l0_fill': l0_l0_fill,
 }
 
 

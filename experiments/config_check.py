@@ -31,6 +31,12 @@ RENAMED = {
     **{f'frontier_{name}': f'frontier.{name}' for name in ('methods', 'sparsities', 'seeds')},
 }
 
+# Fields whose value for a run saved before they existed is not today's default (a new default that changes
+# behaviour): that run behaved as this value says.
+PREDATING = {
+    'gates.meta_pruner_embedding': 'tanh',
+}
+
 
 class ConfigError(ValueError):
   """A config field that does not exist, is missing, or has the wrong type."""
@@ -172,7 +178,8 @@ def task_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def fill_missing(config: ml_collections.ConfigDict) -> list[str]:
-  """Adds, with their defaults, the fields a stored config lacks (a run saved before they existed).
+  """Adds, with their defaults (``PREDATING``'s value where it names one), the fields a stored config lacks (a run
+  saved before they existed).
 
   Returns:
     The dotted paths that were added (empty for a current config or a task without a config file).
@@ -189,7 +196,7 @@ def fill_missing(config: ml_collections.ConfigDict) -> list[str]:
       if name not in node:
         node[name] = ml_collections.ConfigDict()
       node = node[name]
-    node[leaf] = default[leaf]
+    node[leaf] = PREDATING.get(path, default[leaf])
   return missing
 
 

@@ -35,6 +35,7 @@ from absl import app
 from absl import flags
 import numpy as np
 import optax
+from etils import epath
 
 from experiments import build
 from experiments import heldout
@@ -187,8 +188,7 @@ def main(argv):
           f"accuracy {e['accuracy']:.4f}")
   print(f"mean accuracy over {result['num_episodes']} episodes: {result['mean_accuracy']:.4f} "
         f"+- {result['ci95']:.4f} (95% CI)")
-  with open(output, 'w') as f:
-    json.dump(result, f, indent=2)
+  epath.Path(output).write_text(json.dumps(result, indent=2))  # Local or gs://.
   print(f'wrote {output}')
 
 

@@ -29,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
+from etils import epath
 
 from experiments import build
 from experiments import evaluation
 from experiments import export_spec
 from experiments import provenance
+from experiments import workdir as workdir_lib
 from metaprune_jax import checkpoint
 from metaprune_jax.export import artifact
 from metaprune_jax.export import model as model_lib
@@ -58,8 +60,7 @@ def check_exportable(config, meta_params, workdir: str) -> None:
 def _training_provenance(workdir: str) -> dict | None:
   """The commit and JAX build that trained the run (its ``summary.json``), or None (unfinished or older run)."""
   try:
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      return json.load(f).get('provenance')
+    return json.loads((epath.Path(workdir) / 'summary.json').read_text()).get('provenance')
   except (OSError, ValueError):
     return None
 
@@ -142,7 +143,7 @@ def export_run(workdir: str, out: str, *, quantization: str = 'none', num_check_
   masks = hard_concrete.deterministic_gates(meta_params['gate_logits'], exp.settings.hc)
   gate_values = np.concatenate([np.ravel(np.asarray(g)) for g in jax.tree.leaves(masks)])
   report = {
-      'source': {'workdir': os.path.abspath(workdir), 'step': int(state.step), 'config': config.to_dict(),
+      'source': {'workdir': workdir_lib.absolute(workdir), 'step': int(state.step), 'config': config.to_dict(),
                  'provenance': _training_provenance(workdir)},
       'provenance': provenance.provenance(),
       'fractional_gates': int(np.sum((gate_values > 0) & (gate_values < 1))),

@@ -9,6 +9,9 @@ and evaluates it on the held-out tasks of ``evaluation.evaluate``. Outputs in
 * ``points/<method>_s<sparsity>_seed<seed>.json``: one file per finished point
   (summary and per-task losses); a restart skips them, so the run is resumable.
 * ``runs/<point>/``: the ``train.run`` workdirs of 'dense' and 'hard_concrete'.
+* ``points/rl*_controller.png``: the 'rl' controller's reward curve and
+  allocation (its point's ``controller`` record); every point records its
+  ``kept_per_layer``.
 * ``frontier.csv``: one row per point and one aggregated row per method/sparsity.
 * ``frontier.md``: mean +- 95% CI over tasks pooled across seeds, realised
   sparsity, nonzero params, FLOPs, and the margins of 'hard_concrete' over
@@ -35,6 +38,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import allocation
 from experiments import baselines
 from experiments import build as build_lib
 from experiments import config_check
@@ -146,9 +150,11 @@ def _point_masks(exp: build_lib.Experiment, meta_params, sparsity: float):
   if exp.config.gates.mask == 'none':
     return None
   tasks = evaluation.held_out_tasks(exp.config, exp.problem, int(exp.config.eval.shots[0]))
+  embedding = exp.config.gates.meta_pruner_embedding
   return jax.tree.map(lambda m: m[0], meta_pruner.task_masks(
-      meta_params, jax.tree.map(lambda x: x[:1], tasks), meta_pruner.task_features_fn(exp.problem.embed_fn),
-      target_sparsity=float(sparsity), hc=exp.settings.hc, expand_units=exp.problem.expand_units))
+      meta_params, jax.tree.map(lambda x: x[:1], tasks),
+      meta_pruner.task_features_fn(exp.problem.embed_fn, embedding=embedding), target_sparsity=float(sparsity),
+      hc=exp.settings.hc, expand_units=exp.problem.expand_units, embedding=embedding))
 
 
 def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> dict:
@@ -158,6 +164,7 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
   t0 = time.perf_counter()
   train_summary = None
   task_sparsity = None
+  searches = []  # The rl controller's result.
   if method in _TRAINED:
     exp = build_lib.build(pc)
     state, train_summary = _train_run_state(exp, os.path.join(workdir, 'runs', name))
@@ -167,7 +174,8 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
       task_sparsity = train_summary['meta_pruner']['realised_sparsity']
   else:
     exp = baselines.dense_experiment(pc)
-    state = baselines.run_baseline(method, exp)
+    state = baselines.run_baseline(method, exp, **({'on_search': searches.append} if method.startswith('rl')
+                                                   else {}))
     meta_params, masks, fixed_masks, gate_mode = state.meta_params, state.masks, state.masks, 'off'
   traces = evaluation.held_out_traces(pc, exp.problem, exp.eval_learner, exp.eval_settings, meta_params,
                                       gate_mode=gate_mode, fixed_masks=fixed_masks)
@@ -176,6 +184,7 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
       'name': name, 'method': method, 'target_sparsity': float(sparsity), 'seed': int(seed),
       'fingerprint': fingerprint(config), 'num_outer_steps': int(pc.outer.num_outer_steps),
       **_sparsity_stats(meta_params['params'], masks),
+      'kept_per_layer': allocation.kept_per_layer(meta_params['params'], masks),
       **({} if task_sparsity is None else {'realised_sparsity': task_sparsity['mean'],
                                           'realised_sparsity_over_tasks': task_sparsity}),
       'wall_seconds': time.perf_counter() - t0,
@@ -187,6 +196,9 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
     record['train_run_eval'] = train_summary['eval']['dense' if method == 'dense' else 'sparse']
   points_dir = os.path.join(workdir, 'points')
   os.makedirs(points_dir, exist_ok=True)
+  if searches:
+    record['controller'] = allocation.summary(pc, searches[0], meta_params['params'])
+    allocation.plot_search(os.path.join(points_dir, f'{name}_controller.png'), record['controller'])
   path = os.path.join(points_dir, f'{name}.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f)

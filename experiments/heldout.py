@@ -19,6 +19,8 @@ import json
 import os
 import time
 
+from etils import epath
+
 from experiments import build
 from experiments import config_check
 from experiments import provenance
@@ -51,11 +53,10 @@ def _result_name(split: str, overrides: dict) -> str:
 
 def read_ledger(workdir: str) -> list[dict]:
   """The run's test evaluations, oldest first (empty when the test split was never evaluated)."""
-  path = os.path.join(workdir, LEDGER_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / LEDGER_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def evaluate_run(workdir: str, *, split: str, overrides: dict | None = None, data_dir: str | None = None,
@@ -93,7 +94,7 @@ def evaluate_run(workdir: str, *, split: str, overrides: dict | None = None, dat
   start = time.perf_counter()
   results = exp.evaluate(state.meta_params)
   record = {
-      'workdir': os.path.abspath(workdir), 'split': split, 'overrides': overrides, 'seed': int(config.seed),
+      'workdir': workdir_lib.absolute(workdir), 'split': split, 'overrides': overrides, 'seed': int(config.seed),
       'task': config.task.name, 'algorithm': config.algorithm, 'mask': config.gates.mask,
       'eval_num_tasks': int(config.eval.num_tasks),
       'evaluation': {path: value for path, value in config_check.leaf_paths(config).items()
@@ -105,13 +106,12 @@ def evaluate_run(workdir: str, *, split: str, overrides: dict | None = None, dat
   if split == 'test':
     record['test_evaluation'] = len(previous) + 1
   folder = os.path.join(workdir, RESULTS_FOLDER)
-  os.makedirs(folder, exist_ok=True)
+  epath.Path(folder).mkdir(parents=True, exist_ok=True)
   result_path = os.path.join(folder, _result_name(split, overrides))
   workdir_lib.write_atomic(result_path, json.dumps(record, indent=2, default=str))
   if split == 'test':
     entry = {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'overrides': overrides,
              'result': os.path.relpath(result_path, workdir), 'repeat': len(previous),
              'commit': record['provenance'].get('commit')}
-    with open(os.path.join(workdir, LEDGER_FILE), 'a') as f:
-      f.write(json.dumps(entry) + '\n')
+    workdir_lib.append_text(os.path.join(workdir, LEDGER_FILE), json.dumps(entry) + '\n')
   return record

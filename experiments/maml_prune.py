@@ -3,9 +3,13 @@
 Flags: ``--task`` picks ``experiments/configs/<task>.py`` (or pass ``--config=FILE``,
 whose ``task.name`` is the task); ``--config.SECTION.FIELD=VALUE`` overrides any
 config field (e.g. ``--config.sparsity.target_sparsity=0.95``); ``--workdir``
-holds the outputs (rerun with the same workdir to resume); ``--seed`` overrides
-``config.seed``. A bad task, config file or field, a resume with another config,
-a workdir in use, missing or damaged data, a damaged checkpoint, paths or
+holds the outputs, a local folder or a URI such as ``gs://bucket/run`` (rerun
+with the same workdir to resume); ``--seed`` overrides ``config.seed``. A
+multi-host run (``--config.run.distributed=True``, one launcher per host) joins
+the cluster JAX detects, or the one ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` name; process 0 writes the run's
+files. A bad task, config file or field, a resume with another config, a
+workdir in use, missing or damaged data, a damaged checkpoint, paths or
 ``--config.run.distributed`` without a cluster fail with one ``error:`` line and
 exit status 2; a diverging run or an I/O failure (disk full) with one line
 naming what failed and the newest intact checkpoint, and exit status 1. The
@@ -47,8 +51,14 @@ def _exit_with_error(message: str, status: int = 2) -> None:
 
 def _initialize_distributed(enabled: bool) -> None:
   """``sharding.initialize_distributed``; exits with one ``error:`` line when there is no cluster to join."""
+  cluster = {'coordinator_address': FLAGS.coordinator_address, 'num_processes': FLAGS.num_processes,
+             'process_id': FLAGS.process_id}
+  if not enabled and any(value is not None for value in cluster.values()):
+    given = ', '.join(f'--{name}' for name, value in cluster.items() if value is not None)
+    _exit_with_error(f'{given} given without --config.run.distributed=True: pass it as well for a multi-host run '
+                     '(one launcher per host), or drop them.')
   try:
-    sharding.initialize_distributed(enabled)
+    sharding.initialize_distributed(enabled, **cluster)
   except (ValueError, RuntimeError, TypeError) as e:
     cause = str(e).rstrip('.')
     _exit_with_error(f'--config.run.distributed=True, but jax.distributed.initialize() found no cluster to join '
@@ -90,8 +100,15 @@ def precheck(argv: list[str]) -> str:
 
 flags.DEFINE_string('task', None, f'Task family: one of {sorted(problems.PROBLEMS)} (default: the --config '
                     "file's task.name, else sinusoid).")
-flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<task>_seed<seed>). Reruns resume.')
+flags.DEFINE_string('workdir', None, 'Output folder, local or a URI such as gs://bucket/run (default: '
+                    'runs/<task>_seed<seed>). Reruns resume.')
 flags.DEFINE_integer('seed', None, 'Overrides config.seed.')
+flags.DEFINE_string('coordinator_address', None, 'With --config.run.distributed=True: host:port of process 0 '
+                    '(default: detected from the cluster, or $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None, 'With --config.run.distributed=True: the number of launchers '
+                     '(default: detected from the cluster).')
+flags.DEFINE_integer('process_id', None, 'With --config.run.distributed=True: this launcher\'s index, 0 to '
+                     'num_processes - 1 (default: detected from the cluster).')
 FLAGS = flags.FLAGS
 
 

@@ -18,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from experiments import build
 from experiments import evaluation
@@ -53,10 +54,12 @@ def analyse(exp: build.Experiment, meta_params, *, num_tasks: int = 100) -> dict
   tasks = jax.tree.map(lambda x: x[:num_tasks], tasks)
   hc = exp.settings.hc
   target = float(config.sparsity.target_sparsity) if config.sparsity.sparsity_mode == 'target' else None
-  features_fn = meta_pruner.task_features_fn(problem.embed_fn)
+  embedding = config.gates.meta_pruner_embedding
+  features_fn = meta_pruner.task_features_fn(problem.embed_fn, embedding=embedding)
   expand_units = problem.expand_units  # RNN hidden-unit coupling for harden and the counters (None: none).
-  masks = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc,
-                                                       expand_units=expand_units))(meta_params, tasks)
+  masks_fn = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc,
+                                                          expand_units=expand_units, embedding=embedding))
+  masks = masks_fn(meta_params, tasks)
   params = meta_params['params']
   gated = sparsity.num_gated_weights(params, meta_params['gate_logits'], expand_units=expand_units)
   # Leaves [T] or None.
@@ -73,9 +76,7 @@ def analyse(exp: build.Experiment, meta_params, *, num_tasks: int = 100) -> dict
   jaccard_matrix = np.asarray(meta_pruner.pairwise_mask_distances(task_list[:20])['jaccard'])
 
   one = jax.tree.map(lambda x: x[:1], tasks)
-  mask_seconds = _median_seconds(jax.jit(
-      lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc,
-                                           expand_units=expand_units)), meta_params, one)
+  mask_seconds = _median_seconds(masks_fn, meta_params, one)  # Compiles for one task first.
   single = jax.tree.map(lambda x: x[0], tasks)
   step_seconds = _median_seconds(jax.jit(lambda p, t: inner.sgd_step(
       lambda q: problem.loss_fn(q, t.support_inputs, t.support_targets), p, float(config.eval.inner_lr))),
@@ -117,5 +118,6 @@ def plot(analysis: dict, path: str) -> None:
   fig.colorbar(image, ax=right)
   right.set_title(f"pairwise Jaccard distance (mean {analysis['mean_pairwise_jaccard']:.3f})")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with epath.Path(path).open('wb') as f:  # Local or gs://.
+    fig.savefig(f, format='png', dpi=100)
   plt.close(fig)

@@ -5,17 +5,21 @@ scalar (no host sync per step) and reads them all in one transfer when a log
 line or a checkpoint is due, so every step is checked and a bad state is never
 checkpointed. ``EventWriter`` mirrors the JSON-lines metrics into TensorBoard
 event files when ``tensorboardX`` is installed (it is pinned in
-requirements.txt; without it the writer is a no-op and says so once).
+requirements.txt; without it the writer is a no-op and says so once). Only
+process 0 of a multi-host run writes events. A remote ``logdir`` works where
+tensorboardX writes to it itself (``gs://`` with ``google-cloud-storage``,
+``s3://`` with ``boto3``); elsewhere the writer is a no-op and says why.
 """
 
-import glob
-import os
 import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
+
+from metaprune_jax import checkpoint
 
 NONFINITE_FIX = ('Lower --config.outer.outer_lr or --config.inner.inner_lr, set --config.outer.grad_clip_norm, '
                  'or pass --config.run.nonfinite=skip to drop non-finite updates and count them.')
@@ -100,8 +104,17 @@ class EventWriter:
       logging.warning('tensorboardX is not installed: no TensorBoard events (metrics.jsonl has everything). '
                       '`pip install -r requirements.txt` adds it.')
       return
-    # purge_step: on resume, TensorBoard drops events at or after the checkpoint step written by the killed run.
-    self._writer = tensorboardX.SummaryWriter(logdir, purge_step=purge_step)
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    scheme = logdir.split('://')[0] if checkpoint.is_remote(logdir) else None
+    if scheme is not None and scheme not in record_writer.REGISTERED_FACTORIES:
+      logging.warning('No TensorBoard events: tensorboardX cannot write to %s:// (metrics.jsonl has everything).',
+                      scheme)
+      return
+    try:
+      # purge_step: on resume, TensorBoard drops events at or after the checkpoint step written by the killed run.
+      self._writer = tensorboardX.SummaryWriter(logdir, purge_step=purge_step)
+    except ImportError as e:  # A remote logdir's client library (google-cloud-storage, boto3) is missing.
+      logging.warning('No TensorBoard events in %s (%s); metrics.jsonl has everything.', logdir, e)
 
   @property
   def active(self) -> bool:
@@ -123,9 +136,8 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   """``{tag: [(step, value), ...]}`` from every event file in ``logdir`` (TFRecord framing, no TensorFlow)."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   scalars: dict[str, list[tuple[int, float]]] = {}
-  for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
-    with open(path, 'rb') as f:
-      data = f.read()
+  for path in sorted(epath.Path(logdir).glob('events.out.tfevents.*'), key=str):
+    data = path.read_bytes()
     offset = 0
     while offset + 12 <= len(data):
       (length,) = struct.unpack('<Q', data[offset:offset + 8])

@@ -4,15 +4,15 @@ import json
 
 import matplotlib
 import numpy as np
+from etils import epath
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 
 def training_curves(metrics_path: str, out_path: str, title: str = '') -> None:
-  """Query loss (log scale) and expected / realised sparsity against the meta-step."""
-  with open(metrics_path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  """Query loss (log scale) and expected / realised sparsity against the meta-step (paths local or ``gs://``)."""
+  records = [json.loads(line) for line in epath.Path(metrics_path).read_text().splitlines() if line.strip()]
   steps = np.array([r['step'] for r in records]) / 1000.0
   loss = np.array([r['outer/query_loss'] for r in records])
   fig, (ax_loss, ax_sparsity) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -33,5 +33,6 @@ def training_curves(metrics_path: str, out_path: str, title: str = '') -> None:
   ax_sparsity.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=110)
+  with epath.Path(out_path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=110)
   plt.close(fig)

@@ -11,6 +11,9 @@ import os
 
 import matplotlib
 import numpy as np
+from etils import epath
+
+from experiments import workdir as workdir_lib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -30,26 +33,27 @@ def evaluation_plot(summary: dict, out_path: str) -> None:
   ax.set_title(f"{summary['eval_num_tasks']} fresh tasks, 95% CI")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=110)
+  with epath.Path(out_path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=110)
   plt.close(fig)
 
 
 def _last_record(workdir: str) -> dict:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
     return {}
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
   return json.loads(lines[-1]) if lines else {}
 
 
 def write_report(workdir: str, summary: dict, config) -> str:
-  """Writes ``report.md`` and ``evaluation.png`` in ``workdir``; returns the report's path."""
+  """Writes ``report.md`` and ``evaluation.png`` in ``workdir`` (local or ``gs://``); returns the report's path."""
   evaluation_plot(summary, os.path.join(workdir, 'evaluation.png'))
   sparsity, timings, last = summary['sparsity'], summary['timings'], _last_record(workdir)
+  tensorboard = '; TensorBoard: `tensorboard/`' if (epath.Path(workdir) / 'tensorboard').is_dir() else ''
   lines = [f"# Run report: {summary['task']}, mask={summary['mask']}, seed={summary['seed']}", '',
-           f"- workdir: `{os.path.abspath(workdir)}`; config: `config.json`; metrics: `metrics.jsonl`"
-           + ('; TensorBoard: `tensorboard/`' if os.path.isdir(os.path.join(workdir, 'tensorboard')) else ''),
+           f"- workdir: `{workdir_lib.absolute(workdir)}`; config: `config.json`; metrics: `metrics.jsonl`"
+           + tensorboard,
            f"- meta-steps: {summary['num_outer_steps']} (resumed at step {timings.get('start_step', 0)}); "
            f"meta-batch {config.outer.meta_batch_size}; devices {config.run.num_devices}",
            f"- non-finite updates skipped: {timings.get('skipped_steps', 0)}",
@@ -78,8 +82,7 @@ def write_report(workdir: str, summary: dict, config) -> str:
                      f"{s['ci95']:.4f} | {s['median']:.4f} | {s['num_diverged']}/{s['num_tasks']} |")
   lines += ['', '## Plots', '', '![training curves](training.png)', '', '![evaluation](evaluation.png)', '']
   path = os.path.join(workdir, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines))
+  epath.Path(path).write_text('\n'.join(lines))
   return path
 
 

@@ -6,6 +6,10 @@ JSON line per log step), ``checkpoints/`` (atomic, the newest few),
 ``summary.json`` (evaluation with 95% CIs), ``training.png`` and ``report.md``.
 Rerunning with the same workdir resumes from the newest checkpoint and
 reproduces the numbers an uninterrupted run would have given.
+
+``workdir`` may be a local folder or a URI (``gs://bucket/run``; ``experiments.workdir`` says what holds where).
+On a multi-host run every process trains, evaluates and takes part in checkpointing (orbax coordinates the
+writes); only process 0 writes the run's other files.
 """
 
 import contextlib
@@ -19,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from experiments import build as build_lib
 from experiments import export_spec
@@ -47,13 +52,15 @@ def _restore(exp: build_lib.Experiment, workdir: str, metrics_path: str):
   """The initial state, or the newest checkpoint's (metrics after it dropped); ``(state, host, restored)``."""
   state = exp.init_state()
   restored = checkpoint.restore_latest_with_host(state, workdir)
+  writes = jax.process_index() == 0  # The run's files are process 0's.
   if restored is not None:
     state, host = restored
     logging.info('Resumed from checkpoint at step %d.', int(state.step))
-    workdir_lib.truncate_metrics(metrics_path, int(state.step))
+    if writes:
+      workdir_lib.truncate_metrics(metrics_path, int(state.step))
     return state, host, True
-  if os.path.exists(metrics_path):
-    os.remove(metrics_path)
+  if writes:
+    epath.Path(metrics_path).unlink(missing_ok=True)
   return state, {}, False
 
 
@@ -138,8 +145,8 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None,
             'train_seconds': prior_seconds + time.perf_counter() - train_start,
             'timed_steps': prior_steps + at_step - first_timed, 'segments': timings['segments']}
   last_checkpoint = checkpoint.list_checkpoints(workdir)[-1][1] if restored else None
-  # Unbuffered: a failed write (disk full) raises where it happens, naming the file.
-  with open(metrics_path if jax.process_index() == 0 else os.devnull, 'ab', buffering=0) as log_file:
+  # A failed write (disk full) raises where it happens, naming the file.
+  with workdir_lib.metrics_log(metrics_path, enabled=jax.process_index() == 0) as append_metrics:
     while True:
       is_last = step == num_steps
       if step % log_every == 0 or is_last:
@@ -151,7 +158,7 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None,
         host['mask/realised_sparsity'] = exp.sparsity_report(state.meta_params)['realised_sparsity']
         host['outer/skipped_steps'] = guard.skipped_steps
         record = {'step': step, 'steps_per_sec': rate, **host}
-        workdir_lib.append_line(log_file, metrics_path, json.dumps(record) + '\n')
+        append_metrics(json.dumps(record) + '\n')
         events.write(step, {k: v for k, v in record.items() if k != 'step' and math.isfinite(v)})
         _log_line(exp, step, rate, host, progress)
       if step % checkpoint_every == 0 or is_last:
@@ -197,7 +204,8 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
                                            * sparsity['gated_weights']))
     sparsity['note'] = ('meta_pruner: realised sparsity and nonzero params are means over held-out tasks of each '
                         "task's hardened mask (see 'meta_pruner')")
-    mask_analysis.plot(summary['meta_pruner'], os.path.join(workdir, 'task_masks.png'))
+    if jax.process_index() == 0:
+      mask_analysis.plot(summary['meta_pruner'], os.path.join(workdir, 'task_masks.png'))
   if 'structure' in summary.get('meta_pruner', {}):  # Each task prunes its own net: mean over held-out tasks.
     summary['structure'] = summary['meta_pruner']['structure']
   elif problem.flops_fn is not None:  # Realised weight / channel sparsity and FLOPs of the pruned network.
@@ -221,6 +229,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Progress |
       logging does not show INFO (a notebook or a script; the launchers log it instead). ``quiet`` shows nothing.
   """
   exp = build_lib.build(config)
+  workdir_lib.check_reachable(workdir)
   # One writer per workdir (process 0 of a multi-host run writes the files).
   with workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     return _run_locked(exp, workdir, progress)
@@ -245,10 +254,12 @@ def _write_model_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _run_locked(exp: build_lib.Experiment, workdir: str, progress: Progress | None = None) -> dict:
   config = exp.config
-  os.makedirs(workdir, exist_ok=True)
+  writes = jax.process_index() == 0  # The run's files are process 0's (orbax coordinates the checkpoints).
+  if writes:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   workdir_lib.check_resume(config, workdir)  # Refuses another config before anything is written.
   resumed = _restore(exp, workdir, os.path.join(workdir, 'metrics.jsonl'))
-  if jax.process_index() == 0:
+  if writes:
     workdir_lib.write_config(config, workdir)  # Only once the config is valid and the checkpoint restored.
     _write_model_spec(config, workdir)
   state, timings = train(exp, workdir, resumed, progress=progress)
@@ -258,9 +269,10 @@ def _run_locked(exp: build_lib.Experiment, workdir: str, progress: Progress | No
     dense.gates.mask, dense.eval.dense_reference = 'none', False
     logging.info('Meta-training the dense reference with the same budget ...')
     summary['dense_reference'] = run(dense, os.path.join(workdir, 'dense_reference'), progress=progress)
-  workdir_lib.write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2))
-  plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
-                        title=f'{config.task.name} | mask={config.gates.mask} | seed={config.seed}')
-  report.write_report(workdir, summary, config)
+  if writes:
+    workdir_lib.write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2))
+    plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
+                          title=f'{config.task.name} | mask={config.gates.mask} | seed={config.seed}')
+    report.write_report(workdir, summary, config)
   logging.info('%s', report.format_summary(summary))
   return summary

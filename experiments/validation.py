@@ -21,10 +21,12 @@ from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
 from metaprune_jax.meta import guards
 from metaprune_jax.meta import learners
+from metaprune_jax.meta import meta_pruner
 from metaprune_jax.meta.settings import GATE_SAMPLE_SCOPES
 from metaprune_jax.meta.settings import NOISE_KINDS
 from metaprune_jax.nets import conv
 from metaprune_jax.nets import mlp
+from metaprune_jax.pruning import controller
 from metaprune_jax.pruning import select
 
 MASKS = ('hard_concrete', 'meta_pruner', 'none')
@@ -103,6 +105,8 @@ def validate_gates_and_sparsity(config: ml_collections.ConfigDict) -> None:
   require(all(int(w) > 0 for w in gates.meta_pruner_hidden_sizes), 'gates.meta_pruner_hidden_sizes',
           tuple(gates.meta_pruner_hidden_sizes), 'every width must be a positive integer')
   _positive_counts(gates, 'gates', ('meta_pruner_embed_dim',))
+  require(gates.meta_pruner_embedding in meta_pruner.EMBEDDINGS, 'gates.meta_pruner_embedding',
+          gates.meta_pruner_embedding, f'use one of {meta_pruner.EMBEDDINGS}')
   require(0.0 <= sparsity.harden_at_fraction < 1.0, 'sparsity.harden_at_fraction', sparsity.harden_at_fraction,
           'must be in [0, 1) (0 disables hardening)')
 
@@ -193,6 +197,18 @@ def validate_pruning(config: ml_collections.ConfigDict) -> None:
   begin, end = float(pruning.gradual_begin_fraction), float(pruning.gradual_end_fraction)
   require(0.0 <= begin < end, 'pruning.gradual_begin_fraction', begin, 'must be >= 0 and below gradual_end_fraction')
   require(end <= 1.0, 'pruning.gradual_end_fraction', end, 'must be <= 1 (the target is reached inside the budget)')
+  require(pruning.budget in controller.BUDGETS, 'pruning.budget', pruning.budget,
+          f"use one of {controller.BUDGETS} (the rl allocation's global budget: kept weights or forward FLOPs)")
+  _positive_counts(pruning, 'pruning', ('rl_episodes', 'rl_finetune_steps', 'rl_validation_tasks'))
+  require(_is_count(pruning.rl_candidates) and pruning.rl_candidates >= 2, 'pruning.rl_candidates',
+          pruning.rl_candidates, 'must be an integer >= 2 (REINFORCE compares the candidates of an episode)')
+  _positive_rates(pruning, 'pruning', ('rl_lr', 'rl_init_std'))
+  require(pruning.rl_init in select.DISTRIBUTIONS, 'pruning.rl_init', pruning.rl_init,
+          f'use one of {select.DISTRIBUTIONS} (the allocation the policy starts from)')
+  require(0.0 <= float(pruning.rl_baseline_decay) < 1.0, 'pruning.rl_baseline_decay', pruning.rl_baseline_decay,
+          'must be in [0, 1)')
+  require(_is_count(pruning.rl_min_kept) and pruning.rl_min_kept >= 0, 'pruning.rl_min_kept', pruning.rl_min_kept,
+          'must be an integer >= 0 (the fewest weights a layer keeps)')
 
 
 def validate_distill(config: ml_collections.ConfigDict) -> None:

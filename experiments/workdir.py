@@ -11,10 +11,23 @@ a temporary file renamed into place, so a reader never sees half of it;
 a write fails (disk full, a file-size limit). ``truncate_metrics`` drops log
 lines after the checkpoint a run resumes from, and unreadable (torn) lines with
 a warning.
+
+A workdir may be a local folder or a URI (``gs://bucket/run``): every read and
+write goes through ``etils.epath``. What holds where:
+
+- local: as above (``fcntl`` lock; temporary file, ``fsync``, ``os.replace``;
+  ``metrics.jsonl`` appended line by line).
+- remote (an object store): no lock (``fcntl`` locks only local files; ``lock``
+  says so in a warning, keeping one launcher per workdir is the user's);
+  ``write_atomic`` uploads the file in one request, which an object store
+  publishes whole or not at all (a rename there is a copy and a delete, so no
+  temporary file); ``metrics.jsonl`` is uploaded whole at every line (objects
+  cannot be appended to).
 """
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import socket
@@ -22,6 +35,7 @@ import time
 
 import ml_collections
 from absl import logging
+from etils import epath
 
 from experiments import config_check
 from metaprune_jax import checkpoint
@@ -52,13 +66,36 @@ def write_error(path: str, error: OSError) -> OSError:
   return wrapped
 
 
+def absolute(path: str) -> str:
+  """``path`` made absolute when local; a URI (``gs://...``) as it is."""
+  return path if checkpoint.is_remote(path) else os.path.abspath(path)
+
+
+def check_reachable(workdir: str) -> None:
+  """Raises a ``ValueError`` naming the fix when ``workdir``'s filesystem cannot be used (e.g. ``gs://`` without
+  ``gcsfs``, which ``etils.epath`` reads it with); nothing is written."""
+  try:
+    epath.Path(workdir).exists()
+  except ImportError as e:
+    raise ValueError(f'workdir {workdir} cannot be reached ({e}); etils.epath reads gs://, s3:// and az:// '
+                     'through fsspec (pip install gcsfs, s3fs or adlfs) or tensorflow.') from None
+
+
 @contextlib.contextmanager
 def lock(workdir: str):
   """Holds ``workdir/.lock`` exclusively while the block runs (creates ``workdir``).
 
+  A remote workdir (``gs://...``) is created but not locked (``fcntl`` locks only local files): a warning says so.
+
   Raises:
     WorkdirInUseError: another live process holds it (the message names its pid and host).
   """
+  if checkpoint.is_remote(workdir):
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    logging.warning('workdir %s is remote: it is not locked (file locks work on local folders only); run one '
+                    'launcher per workdir.', workdir)
+    yield None
+    return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, '.lock')
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -86,9 +123,20 @@ def lock(workdir: str):
 def write_atomic(path: str, text: str) -> None:
   """Writes ``text`` to ``path`` through a temporary file renamed into place (old or new, never half).
 
+  A remote ``path`` (``gs://...``) is uploaded in one request, which the object store publishes whole or not at
+  all (the module docstring).
+
   Raises:
     WriteError: the write failed (``path`` is untouched; the message names it).
   """
+  if checkpoint.is_remote(path):
+    try:
+      epath.Path(path).write_text(text)
+    except OSError as e:
+      if write_error(path, e) is e:
+        raise
+      raise write_error(path, e) from e
+    return
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     with open(tmp, 'w') as f:
@@ -119,6 +167,40 @@ def append_line(file, path: str, line: str) -> None:
     if write_error(path, e) is e:
       raise
     raise write_error(path, e) from e
+
+
+def append_text(path: str, text: str) -> None:
+  """Appends ``text`` to the file ``path`` (created if missing); a remote one (objects cannot be appended to) is
+  read and uploaded whole."""
+  if checkpoint.is_remote(path):
+    target = epath.Path(path)
+    write_atomic(path, (target.read_text() if target.exists() else '') + text)
+    return
+  with open(path, 'a') as f:
+    f.write(text)
+
+
+@contextlib.contextmanager
+def metrics_log(path: str, *, enabled: bool = True):
+  """Yields ``append(line)``, which adds ``line`` to ``metrics.jsonl`` at ``path`` as it is written.
+
+  Local: the file opened ``'ab'`` unbuffered (``append_line``). Remote (``gs://...``): the lines already there and
+  every new one, uploaded whole at each ``append`` (objects cannot be appended to). ``enabled=False`` (processes
+  other than 0 of a multi-host run): nothing is written.
+  """
+  if not enabled:
+    yield lambda line: None
+  elif checkpoint.is_remote(path):
+    target = epath.Path(path)
+    lines = [target.read_text()] if target.exists() else []
+
+    def append(line: str) -> None:
+      lines.append(line)
+      write_atomic(path, ''.join(lines))
+    yield append
+  else:
+    with open(path, 'ab', buffering=0) as file:  # Unbuffered: a failed write (disk full) raises here, naming it.
+      yield lambda line: append_line(file, path, line)
 
 
 def config_text(config: ml_collections.ConfigDict) -> str:
@@ -163,11 +245,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not found:
     return
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     logging.warning('%s has checkpoints but no config.json: resuming without comparing configs.', workdir)
   else:
-    with open(path) as f:
-      stored = f.read()
+    stored = epath.Path(path).read_text()
     allowed = set(ALWAYS_ALLOWED) | set(config.run.allow_changes)
     changes = {p: v for p, v in config_changes(stored, config).items() if p not in allowed}
     if changes:
@@ -187,20 +268,19 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
 def truncate_metrics(path: str, last_step: int) -> None:
   """Keeps the log lines up to ``last_step`` (the checkpoint resumed from); drops unreadable (torn) lines with
   a warning. Rewritten atomically."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return
   kept, torn = [], []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        torn.append(number)
-        continue
-      if record['step'] <= last_step:
-        kept.append(line if line.endswith('\n') else line + '\n')
+  for number, line in enumerate(io.StringIO(epath.Path(path).read_text()), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      torn.append(number)
+      continue
+    if record['step'] <= last_step:
+      kept.append(line if line.endswith('\n') else line + '\n')
   if torn:
     logging.warning('%s: dropped %d unreadable line(s) (line %s; a write cut short, e.g. by a full disk).', path,
                     len(torn), ', '.join(map(str, torn)))
@@ -211,14 +291,18 @@ def output_path(workdir: str, output: str | None, name: str) -> str:
   """Where a tool's result on a run goes, decided before any work: ``output``, else ``workdir/name`` when the run
   folder is writable (or missing: loading it fails first), else ``./name``.
 
+  A remote ``output`` or ``workdir`` (``gs://...``) is taken as writable.
+
   Raises:
     PermissionError: ``output``'s folder is missing or not writable.
   """
+  if output and checkpoint.is_remote(output):
+    return output
   if output:
     folder = os.path.dirname(os.path.abspath(output))
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
       raise PermissionError(f'--output={output}: the folder {folder} is missing or not writable.')
     return output
-  if not os.path.isdir(workdir) or os.access(workdir, os.W_OK):  # A missing run fails in build.load.
-    return os.path.join(workdir, name)
+  if checkpoint.is_remote(workdir) or not os.path.isdir(workdir) or os.access(workdir, os.W_OK):
+    return os.path.join(workdir, name)  # A missing run fails in build.load.
   return os.path.abspath(name)

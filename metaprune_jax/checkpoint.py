@@ -6,7 +6,12 @@ the PRNG key as ``jax.random.key_data``); ``host`` is a small JSON dict of
 host-side counters (e.g. skipped non-finite updates). Orbax writes into a
 temporary directory and renames it into place only when every file is written,
 so a run killed (even with SIGKILL) mid-save leaves the previous checkpoint as
-the newest complete one; the partial directory is ignored and cleaned up.
+the newest complete one; the partial directory is ignored and cleaned up. On
+``gs://`` (no atomic rename) orbax writes the step directory in place and marks
+it complete with a ``commit_success.txt`` file last; ``list_checkpoints`` counts
+only marked ones there. Every path goes through ``etils.epath``, so a workdir may
+be a local folder or a URI orbax accepts (``gs://bucket/run``); every process
+of a multi-host run calls ``save`` and ``restore`` (orbax coordinates them).
 
 ``restore`` compares the stored tree structure and shapes with the state it is
 asked to fill and raises a ``ValueError`` naming the directory and the fix on a
@@ -32,6 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from metaprune_jax.meta import step as meta_step
 
@@ -88,8 +94,15 @@ def _errno(error: BaseException) -> int | None:
   return next((code for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) if os.strerror(code) in str(error)), None)
 
 
+def is_remote(path: str) -> bool:
+  """Whether ``path`` is a URI (``gs://bucket/run``, ``s3://...``) rather than a local path."""
+  return '://' in os.fspath(path)
+
+
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  """``workdir/checkpoints``: absolute for a local folder, a URI (``gs://...``) as it is."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return folder if is_remote(folder) else os.path.abspath(folder)
 
 
 def _manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
@@ -105,8 +118,8 @@ def _to_storable(state: meta_step.MetaState) -> dict:
 
 
 def _check_legacy(workdir: str) -> None:
-  folder = checkpoint_dir(workdir)
-  if os.path.isdir(folder) and any(name.endswith('.msgpack') for name in os.listdir(folder)):
+  folder = epath.Path(checkpoint_dir(workdir))
+  if folder.is_dir() and any(child.name.endswith('.msgpack') for child in folder.iterdir()):
     raise ValueError(f'{folder} holds msgpack checkpoints from an older version of this launcher; they cannot '
                      'be resumed by the orbax format. Pass a fresh --workdir (or delete that folder) to start over.')
 
@@ -114,13 +127,14 @@ def _check_legacy(workdir: str) -> None:
 def list_checkpoints(workdir: str) -> list[tuple[int, str]]:
   """``(step, path)`` of every complete checkpoint in ``workdir``, oldest first."""
   # Read-only (no manager: its start-up would delete another process's in-progress temporary directory).
-  # Orbax gives a step directory its final name only once every file is written.
-  folder = checkpoint_dir(workdir)
-  if not os.path.isdir(folder):
+  # Orbax gives a local step directory its final name only once every file is written; on gs:// it writes the
+  # final name from the start and adds commit_success.txt last (is_path_finalized checks it).
+  folder = epath.Path(checkpoint_dir(workdir))
+  if not folder.is_dir():
     return []
-  steps = sorted(int(name) for name in os.listdir(folder)
-                 if name.isdigit() and os.path.isdir(os.path.join(folder, name)))
-  return [(step, os.path.join(folder, str(step))) for step in steps]
+  steps = sorted(int(child.name) for child in folder.iterdir() if child.name.isdigit() and child.is_dir()
+                 and (not is_remote(workdir) or ocp.step.is_path_finalized(child)))
+  return [(step, os.path.join(checkpoint_dir(workdir), str(step))) for step in steps]
 
 
 def save(state: meta_step.MetaState, workdir: str, *, keep: int = 3, host: dict | None = None) -> str:
@@ -218,12 +232,11 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
     FileNotFoundError: ``workdir`` has no ``config.json`` or no checkpoint (the message names it).
     ValueError: the checkpoint is corrupt or unreadable.
   """
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
+  config_path = epath.Path(workdir) / 'config.json'
+  if not config_path.exists():
     raise FileNotFoundError(f'{workdir!r} has no config.json: pass a folder written by python -m '
                             'experiments.maml_prune --workdir=DIR.')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   found = dict(list_checkpoints(workdir))
   if not found:
     raise FileNotFoundError(f'{workdir!r} has no checkpoint under checkpoints/: train it first (rerunning the '

@@ -13,13 +13,13 @@ training, rebuild the experiment at the floor that reads configs: ``experiments.
 """
 
 import json
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from metaprune_jax import checkpoint
 from metaprune_jax import types
@@ -63,13 +63,12 @@ class Run(NamedTuple):
 
 def _read_model_spec(workdir: str) -> tuple[dict | None, hard_concrete.HardConcrete, str | None]:
   """``(spec, hard-concrete constants, why the spec is missing)`` from ``workdir/model_spec.json``."""
-  path = os.path.join(workdir, MODEL_SPEC_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / MODEL_SPEC_FILE
+  if not path.exists():
     return None, hard_concrete.HardConcrete(), (
         f'{workdir!r} has no {MODEL_SPEC_FILE} (it was trained before runs wrote one): rebuild it with '
         'experiments.build.load(workdir) instead.')
-  with open(path) as f:
-    document = json.load(f)
+  document = json.loads(path.read_text())
   return document['spec'], hard_concrete.HardConcrete(**document['hard_concrete']), document.get('unavailable')
 
 

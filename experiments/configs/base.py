@@ -64,6 +64,10 @@ def gates(**overrides) -> ml_collections.ConfigDict:
       meta_pruner_hidden_sizes=(64, 64),  # phi, the meta-pruner's per-example embedding network.
       meta_pruner_embed_dim=32,           # Width of the task embedding.
       meta_pruner_lr=1e-3,                # Adam step size on the meta-pruner's parameters.
+      # Task encoder: 'normalized' (backbone features layer-normalised per example, layer norm of the mean phi) or
+      # 'tanh' (tanh of the mean phi: saturates on un-normalised backbone features; runs saved before this field
+      # existed used it, config_check.PREDATING); meta_pruner.EMBEDDINGS.
+      meta_pruner_embedding='normalized',
   ), overrides, 'gates')
 
 
@@ -141,7 +145,7 @@ def run(**overrides) -> ml_collections.ConfigDict:
 
 
 def pruning(**overrides) -> ml_collections.ConfigDict:
-  """The classic pruning baselines of experiments/baselines.py."""
+  """The classic pruning baselines of experiments/baselines.py and the rl allocation (experiments/allocation.py)."""
   return section(dict(
       prune_scope='global',            # 'global' or 'layerwise' top-k.
       prune_distribution='uniform',    # 'uniform' or 'erk' per-layer sparsities (layerwise only).
@@ -152,6 +156,21 @@ def pruning(**overrides) -> ml_collections.ConfigDict:
       gradual_begin_fraction=0.1,      # gradual_magnitude: schedule start ...
       gradual_end_fraction=0.75,       # ... and the share of the budget where the target holds.
       gradual_update_every_steps=500,  # Mask recomputed every this many meta-steps.
+      # rl (experiments/allocation.py): a REINFORCE controller picks per-layer kept counts where magnitude_finetune
+      # prunes. The global budget: 'params' (kept kernel weights) or 'flops' (effective forward FLOPs), at
+      # sparsity.target_sparsity of the dense net's.
+      budget='params',
+      rl_episodes=40,                  # Controller episodes ...
+      rl_candidates=8,                 # ... of this many allocations each, evaluated in one vmap.
+      rl_finetune_steps=100,           # Meta-steps of each candidate under its mask before its reward ...
+      rl_validation_tasks=100,         # ... minus its mean loss on this many fresh validation tasks.
+      rl_lr=0.1,                       # Adam step size on the policy (mean and log-std of per-layer logits).
+      # Policy mean at start: 'erk' or 'uniform' (equal keep ratios; at 98% of the sinusoid MLP every allocation
+      # near it gives a constant output, so every candidate earns the same reward and the controller cannot move).
+      rl_init='erk',
+      rl_init_std=1.0,                 # Initial std of every layer's logit.
+      rl_baseline_decay=0.8,           # Moving average of the reward baseline.
+      rl_min_kept=1,                   # Fewest weights any layer keeps.
   ), overrides, 'pruning')
 
 

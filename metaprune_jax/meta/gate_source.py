@@ -12,8 +12,8 @@ constrained:
 * ``expected_density(meta_params, tasks, hardened)``: the expected density the
   L0 term constrains (a scalar), or None for a dense model.
 * ``harden(meta_params)``: the meta-parameters after the hardening step
-  (shared gates: the lowest logits closed to exactly the target sparsity, the
-  rest saturated open).
+  (shared gates: the lowest logits closed to exactly the target sparsity, one
+  gate per gated layer kept open, the rest saturated open).
 * ``hardens_per_task``: hardening happens inside every task (``bind(...,
   hardened=True)``) rather than once in ``harden``.
 

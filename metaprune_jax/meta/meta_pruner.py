@@ -4,7 +4,7 @@ Shared gates (``meta_params['gate_logits']``) learn one mask for every task. The
 meta-pruner ``f`` maps a task's support set and the network's parameters to gate
 logits *for that task*:
 
-    e          = tanh(mean_i phi([features(x_i), targets(y_i)]))  # [embed_dim], permutation invariant
+    e          = pool(mean_i phi(f_i))                  # [embed_dim], permutation invariant
     logit_l    = base_l + row_l(e) [:, None] + col_l(e) [None, :] + scale_l * zscore(log |w_l|)
 
 for every gated kernel ``l`` of shape ``[..., in, out]``: ``base_l`` is the
@@ -16,6 +16,22 @@ weight, or of each unit's weight norm for structured gates) through a learned
 per-layer scale. ``R``, ``C`` and ``scale`` start at zero, so an untrained
 meta-pruner is exactly the shared-gate model. Generating a task's mask is one
 forward pass of ``phi`` over the support set plus a few outer products.
+
+Two task encoders (``embedding``, one of ``EMBEDDINGS``):
+
+* ``'tanh'``: ``f_i`` is the example's raw features (the ``(x, y)`` pair, or the
+  backbone's embedding of ``x_i``) and ``pool = tanh``. Un-normalised backbone
+  features (Conv-4 embeddings of tens) drive ``tanh`` into saturation: ``e`` is
+  numerically the same for every task and its gradient vanishes. Kept to
+  reproduce runs saved before the choice existed.
+* ``'normalized'`` (the default): a backbone embedding is layer-normalised per example before
+  ``phi`` (its scale is the backbone's, not the task's, and drifts as the backbone
+  trains); ``(x, y)`` pairs go in as they are (their location and scale are the
+  task); ``pool = layer_norm`` over the embedding's entries, parameter-free (the
+  modulation weights carry the scale and the base logits the offset). It is
+  bounded (``|e_j| <= sqrt(embed_dim - 1)``) and scale-invariant, so it passes
+  relative differences between tasks at any input scale and its gradient falls
+  as ``1 / scale``, not exponentially.
 
 Meta-pruner parameters are a dict ``{'phi': [(w, b), ...], 'layers': tree}``
 where ``layers`` mirrors the gate-logit tree with ``None`` for ungated leaves
@@ -36,8 +52,23 @@ from metaprune_jax.meta import learner as learner_lib
 from metaprune_jax.meta import gate_source
 
 
+EMBEDDINGS = ('tanh', 'normalized')  # Task encoders (module docstring).
+_LAYER_NORM_EPSILON = 1e-6
+
+
 def _is_none(x) -> bool:
   return x is None
+
+
+def _check_embedding(embedding: str) -> None:
+  if embedding not in EMBEDDINGS:
+    raise ValueError(f'unknown meta-pruner embedding {embedding!r}; use one of {EMBEDDINGS}.')
+
+
+def layer_norm(x: jax.Array) -> jax.Array:
+  """Parameter-free layer normalisation over the last axis: ``[..., d] -> [..., d]``, zero mean, unit variance."""
+  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  return centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + _LAYER_NORM_EPSILON)
 
 
 def init_meta_pruner(key: types.PRNGKey, params: types.Params, gate_logits: types.GateLogits, *,
@@ -71,20 +102,30 @@ def init_meta_pruner(key: types.PRNGKey, params: types.Params, gate_logits: type
   return {'phi': phi, 'layers': layers}
 
 
-def task_embedding(pruner_params: dict, features: jax.Array) -> jax.Array:
-  """``e = tanh(mean_i phi(features_i))``: ``features [n, feature_dim] -> [embed_dim]`` (order-free).
+def task_embedding(pruner_params: dict, features: jax.Array, *, embedding: str = 'normalized') -> jax.Array:
+  """The task embedding ``e = pool(mean_i phi(features_i))``: ``features [n, feature_dim] -> [embed_dim]``.
 
-  The ``tanh`` bounds every entry of ``e`` to (-1, 1), so a modulation weight
-  moves a logit by at most its own size: the logits cannot run away from the
-  sparsity controller.
+  Order-free over the ``n`` examples, and bounded: ``'tanh'`` keeps every entry
+  in (-1, 1), ``'normalized'`` (a parameter-free layer norm of the pooled vector)
+  within ``sqrt(embed_dim - 1)``, so a modulation weight moves a logit by a
+  bounded multiple of its own size: the logits cannot run away from the
+  sparsity controller. Only ``'normalized'`` stays responsive at large feature
+  scales (module docstring).
+
+  Args:
+    pruner_params: from ``init_meta_pruner``.
+    features: ``[n, feature_dim]`` support-set features of one task.
+    embedding: ``'tanh'`` or ``'normalized'`` (``EMBEDDINGS``).
   """
+  _check_embedding(embedding)
   h = features
   phi = pruner_params['phi']
   for i, (w, b) in enumerate(phi):
     h = h @ w + b
     if i < len(phi) - 1:
       h = jax.nn.relu(h)
-  return jnp.tanh(jnp.mean(h, axis=0))
+  pooled = jnp.mean(h, axis=0)
+  return jnp.tanh(pooled) if embedding == 'tanh' else layer_norm(pooled)
 
 
 def _standardised_log_magnitude(param: jax.Array, logits: jax.Array) -> jax.Array:
@@ -99,7 +140,7 @@ def _standardised_log_magnitude(param: jax.Array, logits: jax.Array) -> jax.Arra
 
 
 def task_gate_logits(pruner_params: dict, gate_logits: types.GateLogits, params: types.Params,
-                     features: jax.Array) -> types.GateLogits:
+                     features: jax.Array, *, embedding: str = 'normalized') -> types.GateLogits:
   """This task's gate logits (same tree and shapes as ``gate_logits``).
 
   Args:
@@ -108,8 +149,9 @@ def task_gate_logits(pruner_params: dict, gate_logits: types.GateLogits, params:
     params: the network's meta-parameters (their magnitudes are an input; no
       gradient flows back into the weights through this statistic).
     features: ``[n, feature_dim]`` support-set features of one task.
+    embedding: the task encoder (``task_embedding``).
   """
-  e = task_embedding(pruner_params, features)
+  e = task_embedding(pruner_params, features, embedding=embedding)
 
   def leaf(base, layer, param):
     if base is None:
@@ -153,20 +195,25 @@ def mask_distances(masks: Sequence[types.Masks]) -> dict[str, jax.Array]:
   return {name: jnp.sum(m * off_diagonal) / pairs for name, m in matrices.items()}
 
 
-def task_features_fn(embed_fn=None):
+def task_features_fn(embed_fn=None, *, embedding: str = 'normalized'):
   """``(params, task) -> [n, feature_dim]``: the backbone's support embeddings, else the ``(x, y)`` pairs.
 
   Embeddings are computed with the current (unmasked) meta-parameters and
-  treated as constants: the meta-pruner reads them but does not train the backbone.
+  treated as constants: the meta-pruner reads them but does not train the
+  backbone. With ``embedding='normalized'`` each example's backbone embedding is
+  layer-normalised (``layer_norm``); the ``(x, y)`` pairs are never normalised.
   """
+  _check_embedding(embedding)
   if embed_fn is None:
     return lambda params, task: regression_features(task.support_inputs, task.support_targets)
+  if embedding == 'normalized':
+    return lambda params, task: layer_norm(jax.lax.stop_gradient(embed_fn(params, task.support_inputs)))
   return lambda params, task: jax.lax.stop_gradient(embed_fn(params, task.support_inputs))
 
 
 def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
                       target_sparsity: float | None = None,
-                      expand_units: Callable | None = None) -> gate_source.GateSource:
+                      expand_units: Callable | None = None, embedding: str = 'normalized') -> gate_source.GateSource:
   """Task-conditioned gates: every task runs with ``task_gate_logits`` of its own support set.
 
   Meta-parameters gain a ``'meta_pruner'`` group (``init_meta_pruner``);
@@ -182,6 +229,8 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
     hc: hard-concrete constants.
     target_sparsity: the requested sparsity, or None (no hardening).
     expand_units: the net's hidden-unit coupling (``masks.sparsity``), or None.
+    embedding: the task encoder (``task_embedding``); ``features_fn`` should be
+      built with the same one.
 
   Returns:
     A ``GateSource`` whose ``expected_density`` is the mean over tasks of each
@@ -190,7 +239,7 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
   def with_task_gates(meta_params, task, gate_mode, hardened):
     params = meta_params['params']
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
-                              features_fn(params, task))
+                              features_fn(params, task), embedding=embedding)
     if target_sparsity is not None and (gate_mode == 'deterministic' or hardened):
       logits = harden_lib.harden(params, jax.lax.stop_gradient(logits), target_sparsity, expand_units=expand_units)
     return {**meta_params, 'gate_logits': logits}
@@ -224,13 +273,14 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
 
 
 def task_masks(meta_params, tasks, features_fn, *, target_sparsity: float | None,
-               hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), expand_units: Callable | None = None):
+               hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), expand_units: Callable | None = None,
+               embedding: str = 'normalized'):
   """Deterministic (hardened to ``target_sparsity`` when given) masks of a task batch: leaves ``[T, ...]``."""
   params = meta_params['params']
 
   def one(task):
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
-                              features_fn(params, task))
+                              features_fn(params, task), embedding=embedding)
     if target_sparsity is not None:
       logits = harden_lib.harden(params, logits, target_sparsity, expand_units=expand_units)
     return hard_concrete.deterministic_gates(logits, hc)

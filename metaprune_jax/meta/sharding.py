@@ -18,13 +18,15 @@ from jax.sharding import PartitionSpec as P
 TASK_AXIS = 'tasks'
 
 
-def initialize_distributed(enabled: bool) -> None:
-  """``jax.distributed.initialize()`` (cluster auto-detected: TPU pods, SLURM, ...) when ``enabled``.
+def initialize_distributed(enabled: bool, *, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+  """``jax.distributed.initialize`` when ``enabled``: the cluster auto-detected (TPU pods, SLURM, ...), except
+  what is given (e.g. ``coordinator_address='localhost:1234', num_processes=2, process_id=0`` on one machine).
 
   Must run before any other JAX call; a no-op when already initialised.
   """
   if enabled and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
 def resolve_num_devices(num_devices: int) -> int:
@@ -38,6 +40,9 @@ def resolve_num_devices(num_devices: int) -> int:
   over simulated devices (to check sharded numbers on a laptop, as the tests do).
   """
   available = jax.device_count()
+  if jax.process_count() > 1 and num_devices not in (0, available):
+    raise ValueError(f'--config.run.num_devices={num_devices} is invalid on a multi-host run: the mesh spans every '
+                     f'process ({jax.process_count()}); use 0 (all {available} devices).')
   if num_devices == 0:
     if jax.default_backend() == 'cpu' and jax.process_count() == 1:
       return 1
@@ -78,7 +83,17 @@ def jit_shardings(mesh: jax.sharding.Mesh | None) -> dict:
 
 
 def replicate(tree, mesh: jax.sharding.Mesh | None):
-  """Places every array of ``tree`` (e.g. a ``MetaState``) on every device of ``mesh``."""
+  """Places every array of ``tree`` (e.g. a ``MetaState``) on every device of ``mesh``.
+
+  On a multi-host mesh every process holds the whole (identical) ``tree`` and places it on its own devices.
+  """
   if mesh is None:
     return tree
-  return jax.device_put(tree, replicated(mesh))
+  if jax.process_count() == 1:
+    return jax.device_put(tree, replicated(mesh))
+
+  def to_global(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # Typed keys travel as their raw key data.
+      return jax.random.wrap_key_data(to_global(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+    return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(leaf))
+  return jax.tree.map(to_global, tree)

@@ -1,4 +1,4 @@
-"""Scores -> masks: top-k (global / layer-wise, uniform / ERK) and structured (whole units).
+"""Scores -> masks: top-k (global / layer-wise, uniform / ERK, given per-layer counts) and structured (whole units).
 
 Inputs are score trees from ``metaprune_jax.pruning.criteria`` (mirroring
 ``params``, ``None`` at leaves that stay dense). Outputs are mask trees that
@@ -212,6 +212,39 @@ def topk_masks(scores: ScoreTree, sparsity, *, scope: str = 'global',
     per_layer = _flatten(layer_sparsities(scores, sparsity, distribution))[0]
     for i in idx:
       out[i] = _topk_leaves([leaves[i]], per_layer[i])[0]
+  return jax.tree.unflatten(treedef, out)
+
+
+def count_masks(scores: ScoreTree, num_kept) -> types.Masks:
+  """Per-layer top-k masks keeping a given number of entries in each scored leaf.
+
+  The per-layer counts may be traced (one compilation serves every
+  allocation), so a ``vmap`` over candidate allocations gives masks of fixed
+  shapes, e.g. for ``pruning.controller``.
+
+  Args:
+    scores: score tree (``None`` where not pruned).
+    num_kept: ``[L]`` ints, the entries kept in each non-``None`` leaf in
+      tree-flatten order (clipped to ``[0, leaf size]``).
+
+  Returns:
+    Mask tree mirroring ``scores``: float32 0/1 arrays, exactly ``num_kept[l]``
+    ones in leaf ``l`` (the highest scores; ties broken by position as in
+    ``topk_masks``), ``None`` where ``scores`` is ``None``.
+
+  Raises:
+    ValueError: ``num_kept`` does not have one entry per scored leaf.
+  """
+  leaves, treedef = _flatten(scores)
+  idx = [i for i, x in enumerate(leaves) if x is not None]
+  num_kept = jnp.asarray(num_kept, jnp.int32)
+  if num_kept.shape != (len(idx),):
+    raise ValueError(f'num_kept must have shape [{len(idx)}] (one count per scored leaf), got {num_kept.shape}.')
+  out = [None] * len(leaves)
+  for j, i in enumerate(idx):
+    n = leaves[i].size
+    keep = _keep_flat(jnp.ravel(leaves[i]).astype(jnp.float32), n - jnp.clip(num_kept[j], 0, n))
+    out[i] = jnp.reshape(keep, leaves[i].shape)
   return jax.tree.unflatten(treedef, out)
 
 

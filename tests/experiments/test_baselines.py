@@ -29,6 +29,10 @@ def _config(**overrides):
   config.pruning.gradual_begin_fraction = 0.25  # Step 3 ...
   config.pruning.gradual_end_fraction = 0.75    # ... to step 9, masks every 2 steps.
   config.pruning.gradual_update_every_steps = 2
+  config.pruning.rl_episodes = 2      # rl: a two-episode controller of tiny candidates.
+  config.pruning.rl_candidates = 2
+  config.pruning.rl_finetune_steps = 2
+  config.pruning.rl_validation_tasks = 4
   for name, value in overrides.items():  # Fields of the pruning section.
     config.pruning[name] = value
   return config
@@ -46,9 +50,10 @@ def test_pruned_weights_stay_exactly_zero_and_the_rest_trains(method):
   state = baselines.run_baseline(method, exp, on_mask_update=lambda step, masks: updates.append(step))
   assert int(state.step) == config.outer.num_outer_steps  # Equal budget.
   expected_updates = {'magnitude_finetune': [6], 'filter_finetune': [6], 'iterative_magnitude': [6, 8, 10],
-                      'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9]}
+                      'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9], 'rl': [6], 'l0': [6],
+                      'rl_l0_fill': [6], 'erk_l0_fill': [6], 'l0_l0_fill': [6]}
   assert updates == expected_updates[method]  # *_finetune: after half the budget (dense phase).
-  if method != 'filter_finetune':  # Unstructured: exactly the target over all kernels.
+  if method not in ('filter_finetune', 'erk_l0_fill'):  # Unstructured: exactly the target (ERK: up to rounding).
     num_kernel = 8 + 64 + 8
     test_utils.assert_equal(float(sparsity.mask_sparsity(state.masks)),
                             np.float32(np.floor(0.7 * num_kernel + 0.5) / num_kernel))

@@ -1,5 +1,7 @@
 """The meta-pruner: task embedding, task logits, mask distances, and its gate source in the meta-step."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,12 +41,55 @@ def _perturbed(pruner, key):
   return {**pruner, 'layers': jax.tree.unflatten(treedef, leaves)}
 
 
-def test_task_embedding_is_permutation_invariant():
+def _conv_scale_features(key, n=6, dim=2):
+  """``[n, dim]`` features of the scale Conv-4 embeddings reach in training: about 50 +- 5."""
+  return 50.0 + 5.0 * jax.random.normal(key, (n, dim))
+
+
+@pytest.mark.parametrize('embedding', meta_pruner.EMBEDDINGS)
+@pytest.mark.parametrize('scale', [1.0, 50.0])
+def test_task_embedding_is_permutation_invariant(embedding, scale):
   _, _, pruner = _setup()
-  features = jax.random.normal(jax.random.key(2), (7, 2))
+  features = scale * jax.random.normal(jax.random.key(2), (7, 2))
   permuted = features[jax.random.permutation(jax.random.key(3), 7)]
-  test_utils.assert_close(meta_pruner.task_embedding(pruner, permuted),
-                          meta_pruner.task_embedding(pruner, features), rtol=1e-5, atol=1e-6)
+  test_utils.assert_close(meta_pruner.task_embedding(pruner, permuted, embedding=embedding),
+                          meta_pruner.task_embedding(pruner, features, embedding=embedding), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('embedding, bound', [('tanh', 1.0), ('normalized', np.sqrt(4 - 1))])
+def test_task_embedding_is_bounded_at_every_feature_scale(embedding, bound):
+  _, _, pruner = _setup()  # embed_dim 4.
+  for i, scale in enumerate((1e-3, 1.0, 1e3)):
+    e = meta_pruner.task_embedding(pruner, scale * jax.random.normal(jax.random.key(i), (5, 2)), embedding=embedding)
+    assert e.shape == (4,) and float(jnp.max(jnp.abs(e))) <= bound + 1e-4
+
+
+def test_only_the_normalized_embedding_responds_to_conv_scale_features():
+  _, _, pruner = _setup()
+  features = _conv_scale_features(jax.random.key(2))
+  other_task = _conv_scale_features(jax.random.key(3))
+  responses = {}
+  for embedding in meta_pruner.EMBEDDINGS:
+    embed = functools.partial(meta_pruner.task_embedding, pruner, embedding=embedding)
+    responses[embedding] = float(jnp.max(jnp.abs(jax.jacobian(embed)(features))))
+    responses[embedding + ' between tasks'] = float(jnp.max(jnp.abs(embed(features) - embed(other_task))))
+  assert responses['tanh'] < 1e-8 and responses['tanh between tasks'] < 1e-6, responses  # Saturated: frozen and blind.
+  assert responses['normalized'] > 1e-4 and responses['normalized between tasks'] > 1e-2, responses
+
+
+def test_normalized_backbone_features_are_standardised_per_example_and_pairs_are_not():
+  task = common.task(common.sampler(jax.random.key(2), 1), 0)
+  params = {'w': 50.0 * jnp.ones((1, 8))}
+  embed_fn = lambda params, inputs: inputs @ params['w'] + jnp.arange(8.0)  # [n, 8], about 50 per unit of x.
+  raw = meta_pruner.task_features_fn(embed_fn, embedding='tanh')(params, task)
+  normalized = meta_pruner.task_features_fn(embed_fn, embedding='normalized')(params, task)
+  test_utils.assert_close(raw, embed_fn(params, task.support_inputs))
+  test_utils.assert_close(jnp.mean(normalized, axis=-1), jnp.zeros((5,)), atol=1e-4)
+  test_utils.assert_close(jnp.std(normalized, axis=-1), jnp.ones((5,)), rtol=1e-3)
+  pairs = meta_pruner.task_features_fn(embedding='normalized')(params, task)
+  test_utils.assert_close(pairs, meta_pruner.regression_features(task.support_inputs, task.support_targets))
+  with pytest.raises(ValueError, match="unknown meta-pruner embedding 'sigmoid'; use one of"):
+    meta_pruner.task_features_fn(embed_fn, embedding='sigmoid')
 
 
 def test_initial_pruner_gives_the_shared_logits_exactly():
@@ -101,15 +146,15 @@ def test_mask_distances_match_hand_counts():
   test_utils.assert_close(three['jaccard'], expected_jaccard, rtol=1e-6)
 
 
-def _sinusoid_state(harden_step=None, target=0.75):
+def _sinusoid_state(harden_step=None, target=0.75, features_fn=None, feature_dim=2, embedding='normalized'):
   model = mlp.make_mlp((8, 8), 1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
   base = hard_concrete.init_gate_logits(params, 'weight', init_logit=1.0)
-  features_fn = meta_pruner.task_features_fn()
-  pruner = meta_pruner.init_meta_pruner(jax.random.key(1), params, base, feature_dim=2, hidden_sizes=(8,),
+  features_fn = features_fn or meta_pruner.task_features_fn()
+  pruner = meta_pruner.init_meta_pruner(jax.random.key(1), params, base, feature_dim=feature_dim, hidden_sizes=(8,),
                                         embed_dim=4)
   learner = maml.maml(losses.mse_loss(model.apply))
-  source = meta_pruner.meta_pruner_gates(features_fn, target_sparsity=target)
+  source = meta_pruner.meta_pruner_gates(features_fn, target_sparsity=target, embedding=embedding)
   optimizer = outer_optimizer.outer_optimizer({'params': 1e-2, 'gate_logits': 1e-1, 'meta_pruner': 1e-2})
   state = meta_step.init_meta_state(jax.random.key(2), params, base, optimizer, extra={'meta_pruner': pruner})
   counter = test_utils.CompileCounter()
@@ -189,3 +234,32 @@ def test_hardened_task_masks_meet_the_target_on_held_out_tasks():
   gated = sparsity.num_gated_weights(params, state.meta_params['gate_logits'])
   zeros = sum(jnp.sum(m == 0, axis=tuple(range(1, m.ndim))) for m in jax.tree.leaves(masks))
   test_utils.assert_equal(zeros, jnp.full((6,), int(np.ceil(0.75 * gated))))
+
+
+def _conv_scale_features_fn(embedding):
+  """A stand-in backbone: each support pair mapped to 8 features of about 50 +- 5 (normalised as ``embedding``
+  normalises backbone features)."""
+  projection = jax.random.normal(jax.random.key(10), (2, 8))
+
+  def features_fn(params, task):
+    del params
+    pairs = meta_pruner.regression_features(task.support_inputs, task.support_targets)
+    features = 50.0 + 5.0 * jnp.tanh(pairs @ projection)  # [n, 8]
+    return meta_pruner.layer_norm(features) if embedding == 'normalized' else features
+  return features_fn
+
+
+@pytest.mark.parametrize('embedding', meta_pruner.EMBEDDINGS)
+def test_trained_masks_differ_across_tasks_only_with_the_normalized_embedding(embedding):
+  features_fn = _conv_scale_features_fn(embedding)
+  state, step, _, _, _, _ = _sinusoid_state(features_fn=features_fn, feature_dim=8, embedding=embedding)
+  for _ in range(5):
+    state, metrics = step(state)
+  test_utils.assert_all_finite(metrics)
+  tasks = sinusoid.sample_sinusoid_tasks(jax.random.key(9), num_tasks=6, num_support=5, num_query=5)
+  masks = meta_pruner.task_masks(state.meta_params, tasks, features_fn, target_sparsity=0.75, embedding=embedding)
+  jaccard = float(meta_pruner.mask_distances([jax.tree.map(lambda m, i=i: m[i], masks) for i in range(6)])['jaccard'])
+  if embedding == 'tanh':
+    assert jaccard == 0.0  # Saturated: every task gets the same mask.
+  else:
+    assert jaccard > 0.0

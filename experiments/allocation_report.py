@@ -1,0 +1,121 @@
+"""Per-layer allocations compared per seed: ``python -m experiments.allocation_report --workdirs=A,B``.
+
+Reads the finished points of one or more frontier workdirs (``points/*.json``)
+and labels each by its allocation: ``uniform`` / ``erk`` for
+``magnitude_finetune`` (the workdir's ``pruning.prune_distribution``), the method
+name otherwise (``rl``, ``l0``, ``rl_l0_fill``, ``hard_concrete``, ...). For every
+sparsity, seed and evaluation step it writes (``--out``, markdown) each label's
+mean +- 95% CI over that seed's held-out tasks (not pooled over seeds), and the
+reference's (``--reference``, default ``rl``) margin over every other label on
+the tasks neither diverged on: the two CIs (``separated`` when they do not
+overlap) and the paired difference's CI (the same tasks, so the paired interval
+is the sharper test).
+"""
+
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from metaprune_jax.meta import evaluate
+
+
+
+def load_points(workdirs: list[str]) -> list[dict]:
+  """Every point record of ``workdirs``, with ``label`` set (module docstring)."""
+  records = []
+  for workdir in workdirs:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      distribution = json.load(f)['pruning']['prune_distribution']
+    for path in sorted(glob.glob(os.path.join(workdir, 'points', '*.json'))):
+      with open(path) as f:
+        record = json.load(f)
+      record['label'] = distribution if record['method'] == 'magnitude_finetune' else record['method']
+      records.append(record)
+  return records
+
+
+def compare(records: list[dict], reference: str, *, divergence_threshold: float = 1e3,
+            divergence_ratio: float = 10.0) -> list[dict]:
+  """One row per (sparsity, seed, shots, step, label): its own summary and, beside the reference, the margin."""
+  groups: dict[tuple, dict[str, dict]] = {}
+  for r in records:
+    groups.setdefault((r['target_sparsity'], r['seed']), {})[r['label']] = r
+  rows = []
+  for (sparsity, seed), by_label in sorted(groups.items()):
+    ref = by_label.get(reference)
+    for label, r in sorted(by_label.items(), key=lambda kv: (kv[0] != reference, kv[0])):
+      for shots, per_step in r['per_task'].items():
+        before = np.asarray(per_step['step_0'])
+        for step, values in per_step.items():
+          if step == 'step_0':
+            continue
+          values = np.asarray(values)
+          row = {'sparsity': sparsity, 'seed': seed, 'shots': shots, 'step': step, 'label': label,
+                 'kept_per_layer': list(r.get('kept_per_layer', {}).values()),
+                 **evaluate.summarise(values, before, divergence_threshold=divergence_threshold,
+                                      divergence_ratio=divergence_ratio)}
+          if ref is not None and label != reference:
+            ref_values = np.asarray(ref['per_task'][shots][step])
+            ref_before = np.asarray(ref['per_task'][shots]['step_0'])
+            common = evaluate.summarise_common(
+                {'reference': ref_values, 'other': values}, {'reference': ref_before, 'other': before},
+                divergence_threshold=divergence_threshold, divergence_ratio=divergence_ratio)
+            a, b = common['reference'], common['other']
+            kept = ~(evaluate.diverged(ref_values, ref_before, divergence_threshold=divergence_threshold,
+                                       divergence_ratio=divergence_ratio)
+                     | evaluate.diverged(values, before, divergence_threshold=divergence_threshold,
+                                         divergence_ratio=divergence_ratio))
+            difference = values[kept] - ref_values[kept]
+            row.update({'num_common': a['num_common'], 'reference_common': (a['mean'], a['ci95']),
+                        'other_common': (b['mean'], b['ci95']), 'margin': b['mean'] - a['mean'],
+                        'paired_ci95': evaluate.confidence_interval_95(difference),
+                        'separated': bool(a['mean'] + a['ci95'] < b['mean'] - b['ci95']
+                                          or b['mean'] + b['ci95'] < a['mean'] - a['ci95'])})
+          rows.append(row)
+  return rows
+
+
+def format_markdown(rows: list[dict], reference: str) -> str:
+  lines = [f'# Allocations per seed (margins of {reference}: other − {reference} on the common tasks; positive: '
+           f'{reference} better)', '',
+           '| sparsity | seed | shots | step | allocation | kept per layer | mean ± 95% CI (div.) | common tasks | '
+           f'{reference} / other (common) | margin ± paired CI | CIs separated |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in sorted(rows, key=lambda r: (r['sparsity'], r['shots'], r['step'], r['seed'], r['label'] != reference,
+                                       r['label'])):
+    margin = ['', '', '', '']
+    if 'margin' in r:
+      (ra, rc), (oa, oc) = r['reference_common'], r['other_common']
+      margin = [str(r['num_common']), f'{ra:.3f} ± {rc:.3f} / {oa:.3f} ± {oc:.3f}',
+                f"{r['margin']:+.3f} ± {r['paired_ci95']:.3f}", 'yes' if r['separated'] else 'no']
+    lines.append(f"| {r['sparsity']:g} | {r['seed']} | {r['shots'].split('_')[1]} | {r['step'].split('_')[1]} | "
+                 f"{r['label']} | {r['kept_per_layer']} | {r['mean']:.3f} ± {r['ci95']:.3f} ({r['num_diverged']}) | "
+                 + ' | '.join(margin) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _define_flags() -> None:
+  """Flags exist only when this module is the program (importing it defines none)."""
+  flags.DEFINE_list('workdirs', None, 'Frontier workdirs to read (their points/*.json).', required=True)
+  flags.DEFINE_string('reference', 'rl', 'The label whose margins over the others are reported.')
+  flags.DEFINE_string('out', None, 'Markdown file to write (default: print only).')
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  text = format_markdown(compare(load_points(args.workdirs), args.reference), args.reference)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text)
+  sys.stdout.write(text)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

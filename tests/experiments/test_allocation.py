@@ -1,0 +1,182 @@
+"""The rl allocation: candidates vmapped = looped, rewards on validation tasks only, the frontier methods end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import allocation
+from experiments import allocation_report
+from experiments import baselines
+from experiments import build as build_lib
+from experiments import evaluation
+from experiments import frontier
+from experiments.configs import frontier_sinusoid
+from tests import test_utils
+
+
+def _config():
+  """``frontier_sinusoid`` at the sizes of ``configs/smoke.py`` (2x8 MLP), a few controller episodes."""
+  config = frontier_sinusoid.get_config()
+  config.model.hidden_sizes = (8, 8)
+  config.outer.meta_batch_size = 4
+  config.outer.num_outer_steps = 10
+  config.eval.num_tasks = 10
+  config.eval.steps = (1, 2)
+  config.run.log_every_steps = 5
+  config.run.checkpoint_every_steps = 10
+  config.sparsity.target_sparsity = 0.9
+  config.pruning.rl_episodes = 3
+  config.pruning.rl_candidates = 3
+  config.pruning.rl_finetune_steps = 2
+  config.pruning.rl_validation_tasks = 4
+  config.frontier.methods = ('rl',)
+  config.frontier.sparsities = (0.9,)
+  config.frontier.seeds = (0,)
+  return config
+
+
+@pytest.fixture(scope='module')
+def dense():
+  exp = baselines.dense_experiment(_config())
+  state, _ = baselines._setup(exp)  # pylint: disable=protected-access
+  return exp, state
+
+
+def test_rewards_vmapped_over_candidates_equal_a_python_loop(dense):
+  exp, state = dense
+  counts = jnp.asarray([[8, 24, 8], [4, 32, 4], [8, 30, 2]], jnp.int32)  # Of (8, 64, 8) kernel weights.
+  rewards = jax.jit(lambda s, c: allocation.reward_fn(exp, s, 0)(c))
+  batched = rewards(state, counts)
+  looped = [float(rewards(state, counts[i:i + 1])[0]) for i in range(3)]
+  test_utils.assert_close(batched, looped, rtol=1e-5, atol=1e-6)
+  assert len(set(np.round(looped, 6))) == 3  # The allocation changes the reward.
+
+
+def test_an_episode_compiles_once_and_keeps_the_budget(dense):
+  exp, state = dense
+  budget = allocation.budget_for(exp.config, state.meta_params['params'])
+  controller = allocation.make_controller(exp.config, budget)
+  run_episode = allocation.episode_fn(exp, controller)
+  params = state.meta_params['params']
+  controller_state = controller.init(jax.random.key(0), allocation.initial_mean(exp.config, params))
+  for episode in range(2):
+    controller_state, metrics = run_episode(controller_state, state, jnp.asarray(episode, jnp.int32), None)
+  assert run_episode._cache_size() == 1  # pylint: disable=protected-access
+  assert budget.total == 8
+  test_utils.assert_equal(np.asarray(metrics['controller/counts']).sum(axis=1), [8, 8, 8])
+  assert int(controller_state.episode) == 2
+
+
+def test_the_reward_draws_validation_tasks_never_the_evaluation_tasks(dense, monkeypatch):
+  exp, state = dense
+  config = exp.config
+  seen = []
+
+  def recording_sampler(key, num_tasks, shots, **kwargs):
+    jax.debug.callback(lambda data: seen.append(np.asarray(data)), jax.random.key_data(key))
+    return exp.problem.eval_sampler(key, num_tasks, shots, **kwargs)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError('the controller asked for the evaluation tasks')
+
+  monkeypatch.setattr(evaluation, 'held_out_tasks', refuse)
+  recording = exp._replace(problem=exp.problem._replace(eval_sampler=recording_sampler))
+  allocation.search(recording, state)
+  jax.effects_barrier()
+  assert len(seen) == config.pruning.rl_episodes
+  eval_keys = [np.asarray(jax.random.key_data(jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(config.seed), evaluation.EVAL_KEY_SALT), shots))) for shots in (1, 5, 10)]
+  for data in seen:
+    assert not any(np.array_equal(data, e) for e in eval_keys)
+  monkeypatch.undo()
+  held_out = evaluation.held_out_tasks(config, exp.problem, int(config.eval.shots[0]))
+  validation = allocation.validation_tasks(config, exp.problem, 0)
+  assert not np.any(np.isin(np.asarray(validation.query_inputs), np.asarray(held_out.query_inputs)))
+  assert allocation.VALIDATION_KEY_SALT not in (evaluation.EVAL_KEY_SALT, allocation.FINETUNE_KEY_SALT,
+                                                baselines.SNIP_KEY_SALT, baselines.RANDOM_KEY_SALT)
+
+
+def test_the_rl_frontier_point_records_its_allocation_and_reward_curve(tmp_path):
+  config = _config()
+  record = frontier.run_point(config, 'rl', 0.9, 0, str(tmp_path))
+  controller = record['controller']
+  assert controller['layers'] == ['Dense_0/kernel', 'Dense_1/kernel', 'Dense_2/kernel']
+  assert sum(controller['counts']) == controller['budget_total'] == 8  # 10% of 80 kernel weights.
+  assert list(record['kept_per_layer'].values()) == controller['counts']
+  assert len(controller['history']['reward_mean']) == 3 and controller['converged_episode'] in (1, 2, 3)
+  assert controller['reference_allocations'] == {'uniform': [1, 6, 1], 'erk': [2, 4, 2]}
+  assert (tmp_path / 'points' / 'rl_s0.9_seed0_controller.png').exists()
+  test_utils.assert_close(record['realised_sparsity'], 0.9)
+
+
+def test_the_flops_budget_counts_kernel_multiply_adds_beside_the_fixed_bias_adds(dense):
+  exp, state = dense
+  params = state.meta_params['params']
+  config = _config()
+  config.pruning.budget = 'flops'
+  config.sparsity.target_sparsity = 0.5
+  budget = allocation.budget_for(config, params)
+  dense_flops, bias_flops = 2 * 80 + 17, 17  # Kernels (8, 64, 8) and biases 8 + 8 + 1.
+  assert budget.costs == (2, 2, 2) and budget.total == int(0.5 * dense_flops) - bias_flops
+  counts = allocation.reference_allocations(config, params, budget)['uniform']
+  assert 2 * sum(counts) + bias_flops <= 0.5 * dense_flops < 2 * sum(counts) + bias_flops + 2
+  config.sparsity.target_sparsity = 0.95  # Bias adds alone exceed 5% of the dense FLOPs.
+  with pytest.raises(ValueError, match='outside'):
+    allocation.budget_for(config, params)
+
+
+def test_rl_refuses_bad_fields_and_tasks_by_name():
+  config = _config()
+  config.pruning.budget = 'weights'
+  with pytest.raises(ValueError, match=r'--config.pruning.budget=.weights. is invalid'):
+    build_lib.check(config)
+  config = _config()
+  config.pruning.rl_candidates = 1
+  with pytest.raises(ValueError, match='pruning.rl_candidates'):
+    build_lib.check(config)
+  config = _config()
+  config.task.name = 'omniglot'
+  with pytest.raises(ValueError, match='--task=omniglot'):
+    allocation.check_task(config)
+
+
+def test_the_l0_point_copies_the_allocation_of_the_hard_concrete_point(tmp_path):
+  config = _config()
+  gated = frontier.run_point(config, 'hard_concrete', 0.9, 0, str(tmp_path))
+  copied = frontier.run_point(config, 'l0', 0.9, 0, str(tmp_path))
+  assert copied['kept_per_layer'] == gated['kept_per_layer']
+  assert sum(copied['kept_per_layer'].values()) == 8
+  counts, gate_logits = allocation.l0_gates(frontier.point_config(config, 'l0', 0.9, 0))
+  assert counts == list(gated['kept_per_layer'].values())
+  assert gate_logits['Dense_1']['kernel'].shape == (8, 8) and gate_logits['Dense_1']['bias'] is None
+
+
+def _point(workdir, method, values, distribution='erk'):
+  """A point record in ``workdir`` (one seed, 5-shot, one inner step) and the workdir's config.json."""
+  os.makedirs(os.path.join(workdir, 'points'), exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({'pruning': {'prune_distribution': distribution}}, f)
+  record = {'method': method, 'target_sparsity': 0.95, 'seed': 0, 'kept_per_layer': {'a': 1, 'b': 2},
+            'per_task': {'shots_5': {'step_0': [10.0] * len(values), 'step_1': values}}}
+  with open(os.path.join(workdir, 'points', f'{method}.json'), 'w') as f:
+    json.dump(record, f)
+
+
+def test_the_allocation_report_labels_points_and_pairs_tasks_per_seed(tmp_path):
+  _point(str(tmp_path / 'erk'), 'magnitude_finetune', [2.0, 3.0, 4.0, 500.0])  # Task 3 diverged.
+  _point(str(tmp_path / 'erk'), 'rl', [1.0, 2.0, 3.0, 1.0])
+  _point(str(tmp_path / 'uniform'), 'magnitude_finetune', [1.1, 2.1, 2.9, 1.0], distribution='uniform')
+  rows = allocation_report.compare(allocation_report.load_points([str(tmp_path / 'erk'), str(tmp_path / 'uniform')]),
+                                   'rl')
+  by_label = {r['label']: r for r in rows}
+  assert sorted(by_label) == ['erk', 'rl', 'uniform'] and 'margin' not in by_label['rl']
+  erk = by_label['erk']
+  assert erk['num_common'] == 3 and erk['num_diverged'] == 1
+  test_utils.assert_close(erk['margin'], 1.0)
+  test_utils.assert_close(erk['paired_ci95'], 0.0)  # Every common task 1.0 worse: a sure margin.
+  assert not erk['separated']  # The unpaired CIs overlap.
+  assert '| 0.95 | 0 | 5 | 1 | erk | [1, 2] |' in allocation_report.format_markdown(rows, 'rl')
