@@ -3,10 +3,12 @@
 Reads the finished points of one or more frontier workdirs (``points/*.json``)
 and labels each by its allocation: ``uniform`` / ``erk`` for
 ``magnitude_finetune`` (the workdir's ``pruning.prune_distribution``), the method
-name otherwise (``rl``, ``l0``, ``rl_l0_fill``, ``hard_concrete``, ...). For every
+name with the controller's start (``pruning.rl_init``) for the controller's methods
+(``rl[erk]``, ``rl_l0_fill[uniform]``), the method name otherwise (``l0``,
+``erk_l0_fill``, ``hard_concrete``, ...). For every
 sparsity, seed and evaluation step it writes (``--out``, markdown) each label's
 mean +- 95% CI over that seed's held-out tasks (not pooled over seeds), and the
-reference's (``--reference``, default ``rl``) margin over every other label on
+reference's (``--reference``, default ``rl[erk]``) margin over every other label on
 the tasks neither diverged on: the two CIs (``separated`` when they do not
 overlap) and the paired difference's CI (the same tasks, so the paired interval
 is the sharper test).
@@ -30,11 +32,17 @@ def load_points(workdirs: list[str]) -> list[dict]:
   records = []
   for workdir in workdirs:
     with open(os.path.join(workdir, 'config.json')) as f:
-      distribution = json.load(f)['pruning']['prune_distribution']
+      pruning = json.load(f)['pruning']
     for path in sorted(glob.glob(os.path.join(workdir, 'points', '*.json'))):
       with open(path) as f:
         record = json.load(f)
-      record['label'] = distribution if record['method'] == 'magnitude_finetune' else record['method']
+      method = record['method']
+      if method == 'magnitude_finetune':
+        record['label'] = pruning['prune_distribution']
+      elif method.startswith('rl'):
+        record['label'] = f"{method}[{pruning.get('rl_init', 'erk')}]"
+      else:
+        record['label'] = method
       records.append(record)
   return records
 
@@ -102,7 +110,7 @@ def format_markdown(rows: list[dict], reference: str) -> str:
 def _define_flags() -> None:
   """Flags exist only when this module is the program (importing it defines none)."""
   flags.DEFINE_list('workdirs', None, 'Frontier workdirs to read (their points/*.json).', required=True)
-  flags.DEFINE_string('reference', 'rl', 'The label whose margins over the others are reported.')
+  flags.DEFINE_string('reference', 'rl[erk]', 'The label whose margins over the others are reported.')
   flags.DEFINE_string('out', None, 'Markdown file to write (default: print only).')
 
 

@@ -159,7 +159,7 @@ def _point(workdir, method, values, distribution='erk'):
   """A point record in ``workdir`` (one seed, 5-shot, one inner step) and the workdir's config.json."""
   os.makedirs(os.path.join(workdir, 'points'), exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump({'pruning': {'prune_distribution': distribution}}, f)
+    json.dump({'pruning': {'prune_distribution': distribution, 'rl_init': 'erk'}}, f)
   record = {'method': method, 'target_sparsity': 0.95, 'seed': 0, 'kept_per_layer': {'a': 1, 'b': 2},
             'per_task': {'shots_5': {'step_0': [10.0] * len(values), 'step_1': values}}}
   with open(os.path.join(workdir, 'points', f'{method}.json'), 'w') as f:
@@ -171,12 +171,12 @@ def test_the_allocation_report_labels_points_and_pairs_tasks_per_seed(tmp_path):
   _point(str(tmp_path / 'erk'), 'rl', [1.0, 2.0, 3.0, 1.0])
   _point(str(tmp_path / 'uniform'), 'magnitude_finetune', [1.1, 2.1, 2.9, 1.0], distribution='uniform')
   rows = allocation_report.compare(allocation_report.load_points([str(tmp_path / 'erk'), str(tmp_path / 'uniform')]),
-                                   'rl')
+                                   'rl[erk]')
   by_label = {r['label']: r for r in rows}
-  assert sorted(by_label) == ['erk', 'rl', 'uniform'] and 'margin' not in by_label['rl']
+  assert sorted(by_label) == ['erk', 'rl[erk]', 'uniform'] and 'margin' not in by_label['rl[erk]']
   erk = by_label['erk']
   assert erk['num_common'] == 3 and erk['num_diverged'] == 1
   test_utils.assert_close(erk['margin'], 1.0)
   test_utils.assert_close(erk['paired_ci95'], 0.0)  # Every common task 1.0 worse: a sure margin.
   assert not erk['separated']  # The unpaired CIs overlap.
-  assert '| 0.95 | 0 | 5 | 1 | erk | [1, 2] |' in allocation_report.format_markdown(rows, 'rl')
+  assert '| 0.95 | 0 | 5 | 1 | erk | [1, 2] |' in allocation_report.format_markdown(rows, 'rl[erk]')
