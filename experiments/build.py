@@ -16,6 +16,7 @@ for every method. The sections map onto library types:
     run                    -> the jitted step (steps per call, non-finite policy, devices)
 """
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ from metaprune_jax.meta import gate_source
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import meta_pruner
 from metaprune_jax.meta import optimizer as optimizer_lib
+from metaprune_jax.meta import reptile
 from metaprune_jax.meta import sharding
 from metaprune_jax.meta import step as step_lib
 from metaprune_jax.meta.learner import Learner
@@ -62,8 +64,9 @@ class Experiment(NamedTuple):
     optimizer: the outer optimiser.
     harden_step: the meta-step at which gates are hardened (None: never).
     mesh: the device mesh of the task batch (None: one device).
-    init_state: ``() -> MetaState`` (keyed off ``config.seed``).
-    make_step: ``(steps_per_call) -> jitted step``.
+    init_state: ``(seed=None) -> MetaState`` (keyed off ``seed``, by default ``config.seed``).
+    make_step: ``(steps_per_call, *, donate=True, stacked_seeds=False) -> jitted step`` (``stacked_seeds``: of a
+      ``step.stack_seeds`` state, ``experiments.seeds``).
     evaluate: ``(meta_params, fixed_masks=None) -> results`` on the held-out tasks.
     sparsity_report: ``(meta_params) -> dict`` of sparsity counters.
   """
@@ -129,13 +132,55 @@ def outer_lr(config):
                                      alpha=float(section.outer_lr_final_scale))
 
 
+def reptile_update(config) -> str:
+  """``outer.reptile_update`` (``'adam'`` for a config without the field: a task registered without a config file)."""
+  return str(config.outer.get('reptile_update', 'adam'))
+
+
+def check_reptile_update(config) -> None:
+  """The rules of ``outer.reptile_update`` and its step sizes (``meta.reptile.UPDATES``).
+
+  Raises:
+    ValueError: an unknown update; ``'interpolate'`` for an algorithm other than reptile, or with the
+      ``'budget'`` sparsity mode (which scales the Reptile direction by the multiplier); a step size that is not
+      finite, or an initial one <= 0 or a final one < 0.
+  """
+  update, outer = reptile_update(config), config.outer
+  config_check.require(update in reptile.UPDATES, 'outer.reptile_update', update, f'use one of {reptile.UPDATES}')
+  if update != 'interpolate':
+    return
+  config_check.require(config.algorithm == 'reptile', 'outer.reptile_update', update,
+                       "it is Reptile's outer update (theta + eps (mean adapted - theta)) and "
+                       f"--config.algorithm={config.algorithm} has no Reptile direction; use "
+                       "--config.algorithm=reptile or --config.outer.reptile_update='adam'")
+  config_check.require(config.gates.mask == 'none' or config.sparsity.sparsity_mode != 'budget',
+                       'outer.reptile_update', update,
+                       "--config.sparsity.sparsity_mode='budget' multiplies the query loss, and with it the Reptile "
+                       "direction, by the Lagrange multiplier; use sparsity_mode 'target' or 'penalty', or "
+                       "--config.outer.reptile_update='adam'")
+  initial, final = float(outer.reptile_step_size), float(outer.reptile_step_size_final)
+  config_check.require(math.isfinite(initial) and initial > 0, 'outer.reptile_step_size', outer.reptile_step_size,
+                       'must be a finite number > 0 (the paper: 1.0)')
+  config_check.require(math.isfinite(final) and final >= 0, 'outer.reptile_step_size_final',
+                       outer.reptile_step_size_final, 'must be a finite number >= 0 (the paper: 0.0)')
+
+
 def outer_optimizer(config) -> optax.GradientTransformation:
-  """Adam with a learning rate per meta-parameter group (``meta.optimizer.outer_optimizer``)."""
+  """Adam with a learning rate per meta-parameter group (``meta.optimizer.outer_optimizer``).
+
+  With ``outer.reptile_update='interpolate'`` the weights instead take plain SGD steps at the linearly annealed
+  ``outer.reptile_step_size`` (``meta.reptile``): ``outer_lr``, its schedule and ``grad_clip_norm`` apply to the
+  other groups only.
+  """
+  check_reptile_update(config)
+  interpolate = reptile_update(config) == 'interpolate'
+  params_lr = (reptile.interpolation_step_size(config.outer.reptile_step_size, config.outer.reptile_step_size_final,
+                                               int(config.outer.num_outer_steps)) if interpolate else outer_lr(config))
   gate_lr = float(config.gates.gate_lr)
   return optimizer_lib.outer_optimizer(
-      {'params': outer_lr(config), 'gate_logits': gate_lr, 'meta_pruner': float(config.gates.meta_pruner_lr),
+      {'params': params_lr, 'gate_logits': gate_lr, 'meta_pruner': float(config.gates.meta_pruner_lr),
        'inner_lrs': float(config.outer.inner_lrs_lr)},
-      grad_clip_norm=float(config.outer.grad_clip_norm) or None)
+      grad_clip_norm=float(config.outer.grad_clip_norm) or None, sgd_groups=('params',) if interpolate else ())
 
 
 def gates_for(config, problem: problems.Problem) -> gate_source.GateSource:
@@ -178,9 +223,12 @@ def initial_gate_logits(config, problem: problems.Problem, params):
 
 
 def initial_state(config, problem: problems.Problem, learner: Learner, settings: InnerSettings,
-                  optimizer: optax.GradientTransformation) -> step_lib.MetaState:
-  """The initial ``MetaState``: weights, gate logits and the learner's and meta-pruner's groups."""
-  init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
+                  optimizer: optax.GradientTransformation, seed: int | None = None) -> step_lib.MetaState:
+  """The initial ``MetaState``: weights, gate logits and the learner's and meta-pruner's groups.
+
+  ``seed``: keys the state instead of ``config.seed`` (one of ``seeds.seed_list(config)``).
+  """
+  init_key, train_key = jax.random.split(jax.random.key(int(config.seed if seed is None else seed)))
   params = problem.init_params(init_key)
   gate_logits = initial_gate_logits(config, problem, params)
   extra = learner.init_extra(params, settings)
@@ -246,6 +294,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   config_check.check_config(config)
   validation.validate(config)
   validation.validate_objective(l0(config))
+  check_reptile_update(config)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -264,12 +313,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   optimizer, objective, hardening = outer_optimizer(config), l0(config), harden_step(config)
   mesh = sharding.make_mesh(int(config.run.num_devices))
 
-  def make_step(steps_per_call: int = 1, *, donate: bool = True):
+  def make_step(steps_per_call: int = 1, *, donate: bool = True, stacked_seeds: bool = False):
     step = step_lib.make_meta_step(problem.train_sampler, base_learner, optimizer,
                                    meta_batch_size=int(config.outer.meta_batch_size), settings=settings, gates=gates,
                                    objective=objective, harden_step=hardening, mesh=mesh)
     return step_lib.compile_step(step, steps_per_call=steps_per_call, nonfinite=config.run.nonfinite, mesh=mesh,
-                                 donate=donate)
+                                 donate=donate, stacked_seeds=stacked_seeds)
 
   def evaluate(meta_params, fixed_masks=None) -> dict:
     return evaluation.evaluate(config, problem, eval_learner, eval_settings, meta_params, fixed_masks=fixed_masks)
@@ -278,7 +327,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     return evaluation.sparsity_report(meta_params, settings.hc, expand_units=problem.expand_units)
 
   return Experiment(config, problem, learner, eval_learner, gates, settings, eval_settings, execution, objective,
-                    optimizer, hardening, mesh, lambda: initial_state(config, problem, base_learner, settings, optimizer),
+                    optimizer, hardening, mesh, lambda seed=None: initial_state(config, problem, base_learner, settings, optimizer, seed),
                     make_step, evaluate, sparsity_report)
 
 

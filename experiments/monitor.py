@@ -11,6 +11,7 @@ tensorboardX writes to it itself (``gs://`` with ``google-cloud-storage``,
 ``s3://`` with ``boto3``); elsewhere the writer is a no-op and says why.
 """
 
+import math
 import struct
 
 import jax
@@ -127,9 +128,42 @@ class EventWriter:
       self._writer.add_scalar(name, value, step)
     self._writer.flush()
 
+  def write_hparams(self, hparams: dict, scores: dict[str, float], step: int) -> None:
+    """The run's hyperparameters and final scores for TensorBoard's HPARAMS tab (in ``logdir/hparams``)."""
+    if self._writer is None:
+      return
+    self._writer.add_hparams(hparams, scores, name='hparams', global_step=step)
+
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+def hparams(config) -> dict[str, bool | int | float | str]:
+  """The config's leaves under their dotted paths, as TensorBoard takes them (sequences as strings)."""
+  flat = {}
+  def walk(node, prefix):
+    for name, value in node.items():
+      path = f'{prefix}{name}'
+      if hasattr(value, 'items'):
+        walk(value, f'{path}.')
+      elif isinstance(value, (bool, int, float, str)):
+        flat[path] = value
+      else:
+        flat[path] = str(value)
+  walk(config, '')
+  return flat
+
+
+def final_scores(summary: dict) -> dict[str, float]:
+  """``{'final/<model>/<shots>/<step>': mean}`` of a summary's evaluation, plus the realised sparsity."""
+  scores = {'final/realised_sparsity': float(summary['sparsity']['realised_sparsity'])}
+  for model, by_shots in summary['eval'].items():
+    for shots, by_step in by_shots.items():
+      for step, stats in by_step.items():
+        if math.isfinite(stats['mean']):
+          scores[f'final/{model}/{shots}/{step}'] = float(stats['mean'])
+  return scores
 
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:

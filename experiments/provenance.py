@@ -1,6 +1,9 @@
 """What produced a result: the code's commit and the JAX build and devices, for ``export.json`` and summaries."""
 
+import datetime
 import os
+import platform
+import socket
 import subprocess
 
 import jax
@@ -19,9 +22,17 @@ def git_commit(path: str | None = None) -> dict:
   return {'commit': sha, 'dirty': bool(status.strip())}
 
 
-def provenance() -> dict:
-  """The commit, JAX / jaxlib versions, backend and devices of this process."""
+def provenance(started: float | None = None) -> dict:
+  """The commit, JAX / jaxlib versions, backend, devices, processes and host of this process.
+
+  ``started``: a ``time.time()`` stamp recorded as ``started`` (UTC, ISO 8601), e.g. when a run (or the segment
+  of a resumed run) began.
+  """
   devices = jax.devices()
-  return {**git_commit(), 'jax': jax.__version__, 'jaxlib': jax.lib.__version__ if hasattr(jax.lib, '__version__')
-          else None, 'backend': jax.default_backend(), 'devices': [d.device_kind for d in devices],
-          'num_devices': len(devices)}
+  record = {**git_commit(), 'jax': jax.__version__, 'jaxlib': jax.lib.__version__ if hasattr(jax.lib, '__version__')
+            else None, 'backend': jax.default_backend(), 'devices': [d.device_kind for d in devices],
+            'num_devices': len(devices), 'process_count': jax.process_count(), 'host': socket.gethostname(),
+            'python': platform.python_version()}
+  if started is not None:
+    record['started'] = datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec='seconds')
+  return record

@@ -30,12 +30,33 @@ def evaluation_plot(summary: dict, out_path: str) -> None:
       ax.errorbar(steps, mean, yerr=ci, marker='o', capsize=3, label=f'{mode}, {shots.replace("_", " ")}')
   ax.set_xlabel('inner steps at evaluation')
   ax.set_ylabel(f"query {summary['metric']}")
-  ax.set_title(f"{summary['eval_num_tasks']} fresh tasks, 95% CI")
+  over = f"{len(summary['seeds'])} seeds' means" if 'seeds' in summary else 'tasks'
+  ax.set_title(f"{summary['eval_num_tasks']} fresh tasks, 95% CI over {over}")
   ax.legend(fontsize=8)
   fig.tight_layout()
   with epath.Path(out_path).open('wb') as f:
     fig.savefig(f, format='png', dpi=110)
   plt.close(fig)
+
+
+def _seeds_text(summary: dict) -> str:
+  """``seed=S``, or for a stacked run (``--config.num_seeds``) its seeds and what the intervals are over."""
+  if 'seeds' not in summary:
+    return f"seed={summary['seed']}"
+  return f"seeds={summary['seeds']} (mean +- 95% t-interval over seeds)"
+
+
+def _provenance_text(record: dict) -> str:
+  """One line of ``provenance.provenance``'s record (fields an older summary lacks are left out)."""
+  commit = record.get('commit')
+  parts = [f"commit {commit[:12] if commit else 'unknown'}" + (' (dirty tree)' if record.get('dirty') else ''),
+           f"jax {record.get('jax')} / jaxlib {record.get('jaxlib')}",
+           f"{record.get('backend')} x {record.get('num_devices')} ({', '.join(sorted(set(record.get('devices', []))))})"]
+  if 'process_count' in record:
+    parts.append(f"{record['process_count']} process(es) on {record.get('host')}")
+  if 'started' in record:
+    parts.append(f"started {record['started']}")
+  return '; '.join(parts)
 
 
 def _last_record(workdir: str) -> dict:
@@ -51,7 +72,7 @@ def write_report(workdir: str, summary: dict, config) -> str:
   evaluation_plot(summary, os.path.join(workdir, 'evaluation.png'))
   sparsity, timings, last = summary['sparsity'], summary['timings'], _last_record(workdir)
   tensorboard = '; TensorBoard: `tensorboard/`' if (epath.Path(workdir) / 'tensorboard').is_dir() else ''
-  lines = [f"# Run report: {summary['task']}, mask={summary['mask']}, seed={summary['seed']}", '',
+  lines = [f"# Run report: {summary['task']}, mask={summary['mask']}, {_seeds_text(summary)}", '',
            f"- workdir: `{workdir_lib.absolute(workdir)}`; config: `config.json`; metrics: `metrics.jsonl`"
            + tensorboard,
            f"- meta-steps: {summary['num_outer_steps']} (resumed at step {timings.get('start_step', 0)}); "
@@ -69,6 +90,8 @@ def write_report(workdir: str, summary: dict, config) -> str:
     drawn = 'all classes of an episode from one alphabet' if protocol == 'within_alphabet' else 'from the whole split'
     lines.append(f"- held-out episodes: {summary.get('eval_split')} split, disjoint by {summary['split_by']}; "
                  f"protocol {protocol} ({drawn}; config.eval.protocol)")
+  if summary.get('provenance'):
+    lines.append(f"- produced by: {_provenance_text(summary['provenance'])}")
   if last:
     lines.append(f"- last logged step {last['step']}: query loss {last.get('outer/query_loss', float('nan')):.4f}, "
                  f"objective {last.get('outer/objective', float('nan')):.4f}")
@@ -88,7 +111,7 @@ def write_report(workdir: str, summary: dict, config) -> str:
 
 def format_summary(summary: dict) -> str:
   """A human-readable table of the evaluation (mean +- 95% CI, median, diverged)."""
-  lines = [f"task={summary['task']} seed={summary['seed']} eval tasks={summary['eval_num_tasks']} "
+  lines = [f"task={summary['task']} {_seeds_text(summary)} eval tasks={summary['eval_num_tasks']} "
            f"realised sparsity={summary['sparsity']['realised_sparsity']:.3f} "
            f"nonzero params={summary['sparsity']['nonzero_params']}/{summary['sparsity']['total_params']}"]
   def add(name, results):

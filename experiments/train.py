@@ -33,11 +33,13 @@ from experiments import monitor
 from experiments import plots
 from experiments import provenance
 from experiments import report
+from experiments import seeds as seeds_lib
 from experiments import workdir as workdir_lib
 from metaprune_jax import run as run_lib
 from metaprune_jax.export import model as export_model
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.meta import sharding
+from metaprune_jax.meta import step as step_lib
 
 # ``progress(step, record)`` is called at every log step with the ``metrics.jsonl`` record of that step.
 Progress = Callable[[int, dict], None]
@@ -87,6 +89,22 @@ def _log_line(exp: build_lib.Experiment, step: int, rate: float, host: dict, pro
     progress(step, {'step': step, 'steps_per_sec': rate, **host})
   elif not logging.level_info() and jax.process_index() == 0:
     print(text, flush=True)
+
+
+def _host_metrics(metrics: dict, config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The last step's metrics as floats; with stacked seeds the mean over seeds, each seed's as ``NAME/seed_S``."""
+  seeds = seeds_lib.seed_list(config)
+  host = {}
+  for name, value in metrics.items():
+    if name == 'outer/nonfinite':
+      continue
+    if len(seeds) == 1:
+      host[name] = float(np.ravel(value)[-1])
+      continue
+    values = seeds_lib.per_seed_values(value, len(seeds))
+    host[name] = float(np.mean(values))
+    host.update({f'{name}/seed_{seed}': float(v) for seed, v in zip(seeds, values)})
+  return host
 
 
 def quiet(step: int, record: dict) -> None:
@@ -151,7 +169,7 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None,
       is_last = step == num_steps
       if step % log_every == 0 or is_last:
         guard.check(last_checkpoint)
-        host = {k: float(np.ravel(v)[-1]) for k, v in jax.device_get(metrics).items() if k != 'outer/nonfinite'}
+        host = _host_metrics(jax.device_get(metrics), exp.config)
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else float('nan')
         last_time, last_step = now, step
@@ -173,8 +191,11 @@ def train(exp: build_lib.Experiment, workdir: str, resumed: tuple | None = None,
   return state, timings
 
 
-def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> dict:
-  """Evaluation, sparsity, structure and timings of a trained state, as ``summary.json`` holds them."""
+def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str, started: float | None = None) -> dict:
+  """Evaluation, sparsity, structure and timings of a trained state, as ``summary.json`` holds them.
+
+  ``started``: when this run (segment) began, a ``time.time()`` stamp for the provenance.
+  """
   config, problem = exp.config, exp.problem
   logging.info('Evaluating on %d fresh tasks per shot count ...', config.eval.num_tasks)
   t0 = time.perf_counter()
@@ -193,7 +214,7 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
       'diverged': 'query loss non-finite, > divergence_threshold, or > divergence_ratio x its loss before adapting',
       'sparsity': exp.sparsity_report(state.meta_params),
       'timings': {**timings, 'eval_seconds': time.perf_counter() - t0},
-      'provenance': provenance.provenance(),
+      'provenance': provenance.provenance(started),
       'eval': results,
   }
   if config.gates.mask == 'meta_pruner':  # Task-conditioned masks: per-task sparsity, distances, cost.
@@ -217,6 +238,21 @@ def summarise(exp: build_lib.Experiment, state, timings: dict, workdir: str) -> 
   return summary
 
 
+def summarise_seeds(exp: build_lib.Experiment, state, timings: dict, workdir: str,
+                    started: float | None = None) -> dict:
+  """``summarise`` of each seed of a stacked state (``exp``: the one-seed experiment), combined
+  (``seeds.combine``: per-seed summaries and the across-seed mean +- t-interval)."""
+  seeds = seeds_lib.seed_list(exp.config)
+  summaries = [summarise(seeds_lib.seed_experiment(exp, seed), step_lib.seed_state(state, i), timings, workdir,
+                         started) for i, seed in enumerate(seeds)]
+  summary = seeds_lib.combine(summaries, seeds)
+  summary['timings'] = {**timings, 'eval_seconds': sum(s['timings']['eval_seconds'] for s in summaries)}
+  if 'steps_per_sec' in summaries[0]['timings']:
+    summary['timings']['steps_per_sec'] = summaries[0]['timings']['steps_per_sec']
+    summary['timings']['seed_steps_per_sec'] = len(seeds) * summary['timings']['steps_per_sec']
+  return summary
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Progress | None = None) -> dict:
   """Meta-trains and evaluates ``config`` in ``workdir``; returns (and writes) the summary.
 
@@ -228,17 +264,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Progress |
       ``'outer/query_loss'``, ``'mask/realised_sparsity'``, ...). None: the progress line is printed where absl
       logging does not show INFO (a notebook or a script; the launchers log it instead). ``quiet`` shows nothing.
   """
+  started = time.time()
   exp = build_lib.build(config)
   workdir_lib.check_reachable(workdir)
   # One writer per workdir (process 0 of a multi-host run writes the files).
   with workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-    return _run_locked(exp, workdir, progress)
+    return _run_locked(exp, workdir, progress, started)
 
 
 def _write_model_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
   """``workdir/model_spec.json``: the spec ``metaprune_jax.load_run`` predicts with (it reads no config)."""
   unavailable = None
-  if config.gates.mask == 'meta_pruner' or bool(config.inner.adapt_gates):
+  if seeds_lib.num_seeds(config) > 1:
+    unavailable = (f'{workdir!r} holds {seeds_lib.num_seeds(config)} seeds stacked in one checkpoint '
+                   '(--config.num_seeds); its summary.json has each seed\'s evaluation.')
+  elif config.gates.mask == 'meta_pruner' or bool(config.inner.adapt_gates):
     unavailable = (f'{workdir!r} masks each task differently (gates.mask={config.gates.mask!r}, inner.adapt_gates='
                    f'{bool(config.inner.adapt_gates)}); adapt it with experiments.build.load(workdir).')
   spec = None if unavailable else export_spec.model_spec(config)
@@ -252,8 +292,11 @@ def _write_model_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
   workdir_lib.write_atomic(os.path.join(workdir, run_lib.MODEL_SPEC_FILE), json.dumps(document, indent=2))
 
 
-def _run_locked(exp: build_lib.Experiment, workdir: str, progress: Progress | None = None) -> dict:
-  config = exp.config
+def _run_locked(base: build_lib.Experiment, workdir: str, progress: Progress | None = None,
+                started: float | None = None) -> dict:
+  config = base.config
+  single = seeds_lib.num_seeds(config) == 1
+  exp = base if single else seeds_lib.stacked(base)  # --config.num_seeds > 1: every seed in one step.
   writes = jax.process_index() == 0  # The run's files are process 0's (orbax coordinates the checkpoints).
   if writes:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -263,7 +306,8 @@ def _run_locked(exp: build_lib.Experiment, workdir: str, progress: Progress | No
     workdir_lib.write_config(config, workdir)  # Only once the config is valid and the checkpoint restored.
     _write_model_spec(config, workdir)
   state, timings = train(exp, workdir, resumed, progress=progress)
-  summary = summarise(exp, state, timings, workdir)
+  summarise_fn = summarise if single else summarise_seeds
+  summary = summarise_fn(base, state, timings, workdir, started)
   if config.gates.mask != 'none' and config.eval.dense_reference:
     dense = ml_collections.ConfigDict(config.to_dict())
     dense.gates.mask, dense.eval.dense_reference = 'none', False
@@ -274,5 +318,8 @@ def _run_locked(exp: build_lib.Experiment, workdir: str, progress: Progress | No
     plots.training_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'training.png'),
                           title=f'{config.task.name} | mask={config.gates.mask} | seed={config.seed}')
     report.write_report(workdir, summary, config)
+    events = monitor.EventWriter(os.path.join(workdir, 'tensorboard'), config.run.tensorboard)
+    events.write_hparams(monitor.hparams(config), monitor.final_scores(summary), int(config.outer.num_outer_steps))
+    events.close()
   logging.info('%s', report.format_summary(summary))
   return summary

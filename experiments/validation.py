@@ -53,6 +53,12 @@ def validate_task_and_model(config: ml_collections.ConfigDict) -> None:
   require(config.task.name in problems.PROBLEMS, 'task.name', config.task.name,
           f'use one of {sorted(problems.PROBLEMS)} (--task=NAME)')
   require(_is_count(config.seed) and config.seed >= 0, 'seed', config.seed, 'must be an integer >= 0')
+  num_seeds = config.get('num_seeds', 1)
+  require(_is_count(num_seeds) and num_seeds >= 1, 'num_seeds', num_seeds,
+          'must be an integer >= 1 (seeds seed .. seed + num_seeds - 1 meta-train together)')
+  if num_seeds > 1:
+    require(int(config.run.num_devices) == 1, 'num_seeds', num_seeds,
+            f'stacks the seeds on one device: set --config.run.num_devices=1 (not {config.run.num_devices})')
   _positive_counts(config.task, 'task', problems.episode_fields(config))
   for field in ('amplitude_range', 'phase_range', 'input_range'):
     if field in config.task:

@@ -230,13 +230,17 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
 
   Raises:
     FileNotFoundError: ``workdir`` has no ``config.json`` or no checkpoint (the message names it).
-    ValueError: the checkpoint is corrupt or unreadable.
+    ValueError: the checkpoint is corrupt or unreadable, or holds several seeds (``--config.num_seeds``).
   """
   config_path = epath.Path(workdir) / 'config.json'
   if not config_path.exists():
     raise FileNotFoundError(f'{workdir!r} has no config.json: pass a folder written by python -m '
                             'experiments.maml_prune --workdir=DIR.')
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  if int(config.get('num_seeds', 1)) > 1:
+    raise ValueError(f'{workdir!r} meta-trained {config.num_seeds} seeds stacked in one checkpoint '
+                     "(--config.num_seeds); its summary.json holds each seed's evaluation (per_seed). Rerun one "
+                     'seed alone (--config.seed=S --config.num_seeds=1) to load, evaluate or export it.')
   found = dict(list_checkpoints(workdir))
   if not found:
     raise FileNotFoundError(f'{workdir!r} has no checkpoint under checkpoints/: train it first (rerunning the '

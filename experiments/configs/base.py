@@ -34,6 +34,13 @@ def outer(**overrides) -> ml_collections.ConfigDict:
       outer_lr_final_scale=0.05,
       grad_clip_norm=0.0,   # 0 disables clipping.
       inner_lrs_lr=1e-3,    # Meta-SGD: Adam step size on the learned inner learning rates.
+      # algorithm=reptile: the weights' outer update (meta/reptile.py). 'adam': Adam at outer_lr on the Reptile
+      # direction theta - mean(adapted). 'interpolate' (Nichol et al. 2018): theta + eps_t (mean(adapted) - theta),
+      # plain SGD with eps_t annealed linearly from reptile_step_size to reptile_step_size_final over
+      # num_outer_steps; outer_lr, outer_lr_schedule and grad_clip_norm then apply to the gate logits etc. only.
+      reptile_update='adam',
+      reptile_step_size=1.0,
+      reptile_step_size_final=0.0,
   ), overrides, 'outer')
 
 
@@ -203,6 +210,7 @@ def config(task: ml_collections.ConfigDict, model: ml_collections.ConfigDict, *,
     raise KeyError(f'base.config() has no section(s) {unknown}.')
   result = ml_collections.ConfigDict()
   result.seed = seed
+  result.num_seeds = 1  # > 1: also seeds seed + 1, ..., seed + num_seeds - 1, stacked in one step (experiments.seeds).
   result.algorithm = algorithm  # maml, fomaml, anil, metasgd, reptile, protonet.
   if bn_mode is not None:
     result.bn_mode = bn_mode  # 'transductive' or 'inductive' (see bn_mode above).

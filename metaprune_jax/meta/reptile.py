@@ -12,17 +12,45 @@ reported is the usual one; with the weights held at ``sg(adapted)`` its only
 gradient is into the gate logits (the gates stay differentiable), which is how
 Reptile learns a mask. With ``adapt_gates`` the gate logits are adapted too and
 get the Reptile direction instead.
+
+Nothing else reaches the weights' gradient (the meta-pruner sees the weights
+through ``stop_gradient``; the L0 term depends on the gates only), so the
+meta-step's gradient w.r.t. the weights is exactly ``theta - mean_i phi_i``
+(in the L0 ``'budget'`` mode it is scaled by the multiplier). The outer update
+(``UPDATES``) is then either
+
+* ``'adam'``: the outer optimiser's Adam on that direction, or
+* ``'interpolate'`` (the paper's): ``theta <- theta + eps_t (mean_i phi_i - theta)``,
+  plain SGD at step size ``eps_t`` (``interpolation_step_size``, annealed
+  linearly; Nichol et al. anneal 1 -> 0), ``meta.optimizer.outer_optimizer``'s
+  ``sgd_groups=('params',)``. The gate logits keep Adam.
+
+References:
+  Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.
 """
 
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from metaprune_jax.meta import adapt
 from metaprune_jax.meta import learner as learner_lib
 from metaprune_jax.meta import maml
 from metaprune_jax.meta.settings import Execution
+
+
+UPDATES = ('adam', 'interpolate')  # The outer update of the weights (module docstring).
+
+
+def interpolation_step_size(initial: float, final: float, num_outer_steps: int) -> optax.Schedule:
+  """The step size ``eps_t = initial + (final - initial) * t / num_outer_steps`` of update ``t`` (0-based).
+
+  ``t >= num_outer_steps`` gives ``final``; the last update of a run (``t = num_outer_steps - 1``) is one step
+  short of it, as in the paper's ``eps_0 (1 - t / T)``.
+  """
+  return optax.linear_schedule(float(initial), float(final), int(num_outer_steps))
 
 
 def pull(theta, adapted) -> jax.Array:

@@ -8,11 +8,13 @@ wrappers below add what a run needs around it:
     step = make_meta_step(sampler, learner, optimizer, meta_batch_size=25, settings=settings,
                           gates=gate_source.shared_gates(hc, target_sparsity=0.9), objective=objective)
     step = skip_nonfinite(step)            # optional: drop non-finite updates
+    step = over_seeds(step)                # optional: N independent seeds per step (a vmap)
     step = repeat_steps(step, 50)          # K meta-steps per call (a lax.scan)
     step = jit_step(step, mesh=mesh)       # one jax.jit, the state donated
 """
 
 from collections.abc import Callable
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -168,6 +170,41 @@ def skip_nonfinite(step: Step) -> Step:
   return guarded
 
 
+# ``vmap`` axes of a seed-stacked ``MetaState``: every leaf has a leading ``[num_seeds]`` axis except the step
+# counter, which the seeds share (so ``lax.cond`` on the step, e.g. at ``harden_step``, stays a branch).
+SEED_AXES = MetaState(meta_params=0, opt_state=0, multiplier=0, step=None, key=0, masks=0)
+
+
+def stack_seeds(states: Sequence[MetaState]) -> MetaState:
+  """One ``MetaState`` holding ``states`` (same structure, same step) along a leading seed axis (``SEED_AXES``)."""
+  steps = {int(s.step) for s in states}
+  if len(steps) != 1:
+    raise ValueError(f'the states to stack are at different steps {sorted(steps)}.')
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[s._replace(step=None) for s in states])
+  return stacked._replace(step=states[0].step)
+
+
+def seed_state(state: MetaState, index: int) -> MetaState:
+  """Seed ``index`` of a ``stack_seeds`` state (an ordinary one-seed ``MetaState``)."""
+  return jax.tree.map(lambda x: x[index], state._replace(step=None))._replace(step=state.step)
+
+
+def over_seeds(step: Step) -> Step:
+  """``step`` over a ``stack_seeds`` state: every seed's meta-step in one ``vmap``.
+
+  Each seed keeps its own key, tasks, gates, optimiser state and multiplier, so seed ``i`` follows the run of
+  its one-seed state (up to the float reassociation of batched kernels). Metrics gain a ``[num_seeds]`` axis,
+  except ``outer/nonfinite``: 1.0 when any seed's loss or gradients were non-finite (per seed, ``skip_nonfinite``
+  applied before this wrapper drops that seed's update only).
+  """
+  batched = jax.vmap(step, in_axes=(SEED_AXES,), out_axes=(SEED_AXES, 0))
+
+  def fn(state):
+    state, metrics = batched(state)
+    return state, {**metrics, 'outer/nonfinite': jnp.max(metrics['outer/nonfinite'])}
+  return fn
+
+
 def repeat_steps(step: Step, num_steps: int) -> Step:
   """``num_steps`` meta-steps per call in a ``lax.scan`` (metrics stacked, each ``[num_steps]``)."""
   if int(num_steps) < 1:
@@ -183,10 +220,15 @@ def jit_step(step: Step, *, mesh: jax.sharding.Mesh | None = None, donate: bool 
 
 
 def compile_step(step: Step, *, steps_per_call: int = 1, nonfinite: str = 'stop',
-                 mesh: jax.sharding.Mesh | None = None, donate: bool = True) -> Step:
-  """The wrappers in their order: ``skip_nonfinite`` (``nonfinite='skip'``), ``repeat_steps``, ``jit_step``."""
+                 mesh: jax.sharding.Mesh | None = None, donate: bool = True, stacked_seeds: bool = False) -> Step:
+  """The wrappers in their order: ``skip_nonfinite`` (``nonfinite='skip'``), ``over_seeds`` (``stacked_seeds``:
+  the state is a ``stack_seeds`` one), ``repeat_steps``, ``jit_step``."""
   if nonfinite not in guards.NONFINITE_MODES:
     raise ValueError(f'nonfinite={nonfinite!r} is invalid: use one of {guards.NONFINITE_MODES}.')
+  if stacked_seeds and mesh is not None:
+    raise ValueError('stacked seeds run on one device: the task batch is not sharded across a mesh as well.')
   if nonfinite == 'skip':
     step = skip_nonfinite(step)
+  if stacked_seeds:
+    step = over_seeds(step)
   return jit_step(repeat_steps(step, steps_per_call), mesh=mesh, donate=donate)

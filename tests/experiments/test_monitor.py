@@ -35,3 +35,19 @@ def test_writer_disabled_writes_nothing(tmp_path):
   writer.write(1, {'a': 1.0})
   writer.close()
   assert not writer.active and not os.path.exists(tmp_path / 'tb')
+
+
+def test_run_records_provenance_and_tensorboard_hparams(tmp_path):
+  config = smoke.get_config()
+  summary = train.run(config, str(tmp_path))
+  record = summary['provenance']
+  assert {'commit', 'dirty', 'jax', 'jaxlib', 'backend', 'devices', 'num_devices', 'process_count', 'host',
+          'started'} <= set(record)
+  assert record['process_count'] == 1 and record['started'].endswith('+00:00')
+  report = (tmp_path / 'report.md').read_text()
+  assert f"{record['process_count']} process(es) on {record['host']}" in report
+  scores = monitor.read_scalars(str(tmp_path / 'tensorboard' / 'hparams'))
+  mean = summary['eval']['sparse']['shots_5']['step_1']['mean']
+  assert scores['final/sparse/shots_5/step_1'] == [(config.outer.num_outer_steps, pytest.approx(mean, rel=1e-6))]
+  flat = monitor.hparams(config)
+  assert flat['outer.meta_batch_size'] == config.outer.meta_batch_size and flat['model.hidden_sizes'] == '(8, 8)'

@@ -262,3 +262,62 @@ def test_hardening_fixes_the_mask_at_exactly_the_target_then_fine_tunes_weights(
   assert float(jnp.abs(state.meta_params['params']['Dense_1']['kernel']
                        - hardened['params']['Dense_1']['kernel']).max()) > 0.0
   assert counter.count == 1
+
+
+def _seed_states(state, count):
+  """``count`` states differing in key and weights (seed ``i``: key folded with ``i``, weights scaled)."""
+  return [state._replace(key=jax.random.fold_in(state.key, i),
+                         meta_params=jax.tree.map(lambda x, i=i: x * (1.0 + 0.1 * i), state.meta_params))
+          for i in range(count)]
+
+
+def _comparable(state):
+  return state._replace(key=jax.random.key_data(state.key))
+
+
+def test_stack_seeds_round_trips_and_refuses_states_at_different_steps():
+  state, _, _ = common.build_step()
+  states = _seed_states(state, 3)
+  stacked = meta_step.stack_seeds(states)
+  assert stacked.step.shape == () and stacked.multiplier.shape == (3,)
+  for i, one in enumerate(states):
+    test_utils.assert_trees_all_close(_comparable(meta_step.seed_state(stacked, i)), _comparable(one), rtol=0,
+                                      atol=0)
+  with pytest.raises(ValueError, match='different steps'):
+    meta_step.stack_seeds([states[0], states[1]._replace(step=states[1].step + 1)])
+
+
+@pytest.mark.parametrize('steps_per_call', [1, 3])
+def test_over_seeds_equals_each_seed_stepped_alone_across_hardening(steps_per_call):
+  # vmap vs loop: seed i of the stacked step follows its own one-seed trajectory, hardening included.
+  objective = l0_objective.L0Objective(mode='target', target_sparsity=0.5)
+  state, _, pure = common.build_step(objective=objective, harden_step=2)
+  states = _seed_states(state, 3)
+  alone = []
+  single = meta_step.compile_step(pure, donate=False)
+  for one in states:
+    history = []
+    for _ in range(3):
+      one, metrics = single(one)
+      history.append(metrics)
+    alone.append((one, history))
+  counter = test_utils.CompileCounter()
+  _, _, counted = common.build_step(objective=objective, harden_step=2, counter=counter)
+  stacked_step = meta_step.compile_step(counted, steps_per_call=steps_per_call, stacked_seeds=True)
+  stacked = meta_step.stack_seeds(states)
+  for _ in range(3 // steps_per_call):
+    stacked, metrics = stacked_step(stacked)
+  assert counter.count == 1 and int(stacked.step) == 3
+  last = jax.tree.map(lambda x: x[-1], metrics) if steps_per_call > 1 else metrics
+  assert last['outer/nonfinite'].shape == () and last['outer/query_loss'].shape == (3,)
+  for i, (one, history) in enumerate(alone):
+    test_utils.assert_trees_all_close(_comparable(meta_step.seed_state(stacked, i)), _comparable(one), rtol=1e-5,
+                                      atol=1e-6)
+    np.testing.assert_allclose(last['outer/query_loss'][i], history[-1]['outer/query_loss'], rtol=1e-5)
+
+
+def test_stacked_seeds_refuse_a_mesh():
+  _, _, pure = common.build_step()
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('tasks',))
+  with pytest.raises(ValueError, match='one device'):
+    meta_step.compile_step(pure, mesh=mesh, stacked_seeds=True)
