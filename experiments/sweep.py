@@ -1,5 +1,11 @@
 """Hyperparameter sweeps: ``python -m experiments.sweep --task=sinusoid --sweep=SPEC --workdir=DIR [--parallel=N]``.
 
+``--backend=local`` (the default) runs the runs as local processes, ``--parallel``
+at a time; ``--backend=ray`` runs each as a Ray Tune trial on a Ray cluster
+(``experiments/sweep_ray.py``: resources per trial, retries, ASHA early stopping);
+``--dry_run`` prints one shell command per run still to do and runs nothing (for
+job arrays: SLURM, Kubernetes).
+
 ``SPEC`` is a Python file with ``get_sweep() -> dict`` or a YAML file holding
 the same dict (PyYAML is installed with orbax-checkpoint)::
 
@@ -19,10 +25,13 @@ names the closest valid path). Every run is ``experiments.maml_prune`` in its ow
 ``DIR/runs/<name>`` (so a run killed mid-way resumes from its checkpoint), up to
 ``--parallel`` at a time. A run whose ``summary.json`` is readable is complete and
 is skipped when the sweep is restarted (a missing or truncated one is rerun: a run
-stopped by an error writes none). Stopping the sweep (SIGTERM, Ctrl-C) ends its
+stopped by an error writes none); so is a run that ASHA stopped early (its
+``early_stopped.json``; delete that file to finish the run on the next start).
+Stopping the sweep (SIGTERM, Ctrl-C) ends its
 running runs; each resumes from its checkpoint on the next start. At the end the summaries are gathered
 into ``DIR/results.csv``, ``DIR/results.md`` (per run, and mean +- 95% CI over
-seeds) and ``DIR/sweep.png`` (the metric against the first swept field).
+seeds; ``status`` is ``done``, ``early_stopped`` or ``missing``) and ``DIR/sweep.png``
+(the metric against the first swept field), the same files for both backends.
 """
 
 import csv
@@ -32,6 +41,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,13 +62,38 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('grid', 'random')
 DISTRIBUTIONS = ('uniform', 'log_uniform')
+DEFAULT_METRIC = 'eval.sparse.shots_5.step_1.mean'
 
-flags.DEFINE_string('task', 'sinusoid', 'Task family (as for experiments.maml_prune).')
-flags.DEFINE_string('sweep', None, 'Sweep spec: a .py file with get_sweep() or a .yaml file.', required=True)
-flags.DEFINE_string('workdir', None, 'Sweep folder; runs go to WORKDIR/runs/<name>. Rerun to continue.',
-                    required=True)
-flags.DEFINE_integer('parallel', 1, 'Runs at a time (separate processes).')
 FLAGS = flags.FLAGS
+RAY_FLAGS = ('address', 'trial_cpus', 'trial_gpus', 'trial_tpus', 'max_failures', 'scheduler', 'scheduler_metric',
+             'scheduler_mode', 'asha_grace_steps', 'asha_reduction_factor')
+EARLY_STOPPED = 'early_stopped.json'
+
+
+def define_flags() -> None:
+  """The launcher's flags: defined only when this module runs as ``__main__`` (experiments.sweep_ray imports
+  it, and a second definition would clash)."""
+  flags.DEFINE_string('task', 'sinusoid', 'Task family (as for experiments.maml_prune).')
+  flags.DEFINE_string('sweep', None, 'Sweep spec: a .py file with get_sweep() or a .yaml file.', required=True)
+  flags.DEFINE_string('workdir', None, 'Sweep folder; runs go to WORKDIR/runs/<name>. Rerun to continue.',
+                      required=True)
+  flags.DEFINE_enum('backend', 'local', ['local', 'ray'], 'Where runs execute: local processes (--parallel at a time) '
+                    'or Ray Tune trials on a Ray cluster (the flags below).')
+  flags.DEFINE_bool('dry_run', False, 'Print one shell command per run still to do and run nothing (for job arrays).')
+  flags.DEFINE_integer('parallel', 1, 'Runs at a time (separate processes); --backend=local.')
+  # --backend=ray only (experiments/sweep_ray.py):
+  flags.DEFINE_string('address', '', 'Ray cluster to join: host:port, or auto (the running one); empty starts a local '
+                      'Ray instance for the sweep.')
+  flags.DEFINE_float('trial_cpus', 1.0, 'CPUs each trial reserves.')
+  flags.DEFINE_float('trial_gpus', 0.0, 'GPUs each trial reserves (Ray sets CUDA_VISIBLE_DEVICES for its run).')
+  flags.DEFINE_float('trial_tpus', 0.0, "TPU chips each trial reserves (Ray's 'TPU' resource).")
+  flags.DEFINE_integer('max_failures', 2, 'Retries of a failed trial (its run resumes from its checkpoint).')
+  flags.DEFINE_enum('scheduler', 'none', ['none', 'asha'], 'Trial scheduler: none runs every trial to the end; asha '
+                    'stops trials early on --scheduler_metric.')
+  flags.DEFINE_string('scheduler_metric', '', 'A metrics.jsonl field ASHA compares (e.g. outer/query_loss).')
+  flags.DEFINE_enum('scheduler_mode', 'min', ['min', 'max'], 'Whether a lower or higher --scheduler_metric is better.')
+  flags.DEFINE_integer('asha_grace_steps', 0, 'Outer steps before ASHA may stop a trial; 0: a tenth of the steps.')
+  flags.DEFINE_float('asha_reduction_factor', 4.0, 'ASHA keeps 1 / this of the trials at each rung.')
 
 
 def load_spec(path: str) -> dict:
@@ -162,8 +197,20 @@ def run_command(task: str, spec: dict, run: dict, workdir: str) -> list[str]:
   return command
 
 
+def run_env() -> dict[str, str]:
+  """The environment of a run's process: this process's (with any device Ray assigned), ``ROOT`` importable."""
+  return {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+
+
 def run_dir(sweep_dir: str, run: dict) -> str:
   return os.path.join(sweep_dir, 'runs', run['name'])
+
+
+def dry_run_commands(task: str, spec: dict, sweep_dir: str) -> list[str]:
+  """One shell line per run still to do: ``cd ROOT && <the run's maml_prune command>``, as either backend runs it."""
+  sweep_dir = os.path.abspath(sweep_dir)
+  return [f'cd {shlex.quote(ROOT)} && ' + shlex.join(run_command(task, spec, run, run_dir(sweep_dir, run)))
+          for run in pending_runs(spec, sweep_dir)]
 
 
 def read_summary(sweep_dir: str, run: dict) -> dict | None:
@@ -178,6 +225,25 @@ def read_summary(sweep_dir: str, run: dict) -> dict | None:
 
 def is_complete(sweep_dir: str, run: dict) -> bool:
   return read_summary(sweep_dir, run) is not None
+
+
+def read_early_stop(sweep_dir: str, run: dict) -> dict | None:
+  """The run's ``early_stopped.json`` (ASHA stopped it: no summary), or None."""
+  try:
+    with open(os.path.join(run_dir(sweep_dir, run), EARLY_STOPPED)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def pending_runs(spec: dict, sweep_dir: str) -> list[dict]:
+  """The runs still to do: neither complete nor stopped early, in ``expand`` order (logs how many are done)."""
+  runs = expand(spec)
+  pending = [r for r in runs if not is_complete(sweep_dir, r) and read_early_stop(sweep_dir, r) is None]
+  stopped = sum(read_early_stop(sweep_dir, r) is not None for r in runs)
+  logging.info('%d runs to do (%d complete already%s).', len(pending), len(runs) - len(pending) - stopped,
+               f', {stopped} stopped early' if stopped else '')
+  return pending
 
 
 def _stop_children(running: dict):
@@ -198,10 +264,9 @@ def _stop_children(running: dict):
 
 def execute(task: str, spec: dict, sweep_dir: str, parallel: int = 1) -> dict[str, int]:
   """Runs every incomplete run, ``parallel`` processes at a time; returns ``{name: returncode}`` of those run."""
-  pending = [r for r in expand(spec) if not is_complete(sweep_dir, r)]
-  logging.info('%d runs to do (%d complete already).', len(pending), len(expand(spec)) - len(pending))
+  pending = pending_runs(spec, sweep_dir)
   running, codes = {}, {}
-  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  env = run_env()
   previous = {}
   if threading.current_thread() is threading.main_thread():  # Stopping the sweep stops its runs (no orphans).
     previous = {sig: signal.signal(sig, _stop_children(running)) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -232,29 +297,31 @@ def _loop(task, spec, sweep_dir, parallel, pending, running, codes, env) -> None
     time.sleep(0.2)
 
 
-def _lookup(summary: dict, path: str):
+def metric_value(spec: dict, summary: dict):
+  """The sweep's metric (``spec['metric']``, a dotted path) in a run's summary."""
   value = summary
-  for part in path.split('.'):
+  for part in spec.get('metric', DEFAULT_METRIC).split('.'):
     value = value[part]
   return value
 
 
 def aggregate(spec: dict, sweep_dir: str) -> list[dict]:
   """Writes results.csv, results.md and sweep.png from every run's summary.json; returns the rows."""
-  metric = spec.get('metric', 'eval.sparse.shots_5.step_1.mean')
+  metric = spec.get('metric', DEFAULT_METRIC)
   fields = sorted(spec.get('parameters', {}))
   rows = []
   for run in expand(spec):
     row = {'name': run['name'], 'seed': run['seed'], **run['overrides']}
     summary = read_summary(sweep_dir, run)
     if summary is not None:
-      row.update(status='done', metric=_lookup(summary, metric),
+      row.update(status='done', metric=metric_value(spec, summary),
                  realised_sparsity=summary['sparsity']['realised_sparsity'],
                  nonzero_params=summary['sparsity']['nonzero_params'],
                  steps_per_sec=summary['timings'].get('steps_per_sec', float('nan')),
                  skipped_steps=summary['timings'].get('skipped_steps', 0))
-    else:
-      row.update(status='missing', metric=float('nan'))
+    else:  # No summary: stopped early by ASHA (its step is in early_stopped.json), or not run / failed.
+      row.update(status='missing' if read_early_stop(sweep_dir, run) is None else 'early_stopped',
+                 metric=float('nan'))
     rows.append(row)
   columns = ['name', 'seed', *fields, 'status', 'metric', 'realised_sparsity', 'nonzero_params', 'steps_per_sec',
              'skipped_steps']
@@ -263,7 +330,10 @@ def aggregate(spec: dict, sweep_dir: str) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
   groups = _group(rows, fields)
-  lines = [f'# Sweep results: `{metric}`', '', f'{len(rows)} runs, {sum(r["status"] == "done" for r in rows)} done.',
+  stopped = sum(r['status'] == 'early_stopped' for r in rows)
+  lines = [f'# Sweep results: `{metric}`', '',
+           f'{len(rows)} runs, {sum(r["status"] == "done" for r in rows)} done'
+           + (f', {stopped} stopped early by ASHA (no summary; see their early_stopped.json).' if stopped else '.'),
            '', '## Mean over seeds (95% CI: 1.96 std / sqrt(n))', '',
            '| ' + ' | '.join([*fields, 'seeds done', 'metric mean', '95% CI']) + ' |',
            '|' + '---|' * (len(fields) + 3)]
@@ -322,26 +392,85 @@ def _plot(groups, fields, metric, out_path) -> None:
   plt.close(fig)
 
 
+def check_backend_flags() -> None:
+  """Raises ValueError naming a flag of the other backend, or a Ray flag out of range."""
+  if FLAGS.backend == 'local':
+    given = [f'--{name}' for name in RAY_FLAGS if FLAGS[name].present]
+    if given:
+      verb = 'needs' if len(given) == 1 else 'need'
+      raise ValueError(f'{", ".join(given)} {verb} --backend=ray (the local backend runs --parallel processes): pass '
+                       '--backend=ray, or drop them.')
+    return
+  if FLAGS['parallel'].present:
+    raise ValueError('--parallel is for --backend=local: with --backend=ray each trial reserves --trial_cpus / '
+                     '--trial_gpus / --trial_tpus and Ray runs as many at a time as the cluster holds.')
+  if FLAGS.trial_cpus <= 0 or FLAGS.trial_gpus < 0 or FLAGS.trial_tpus < 0:
+    raise ValueError(f'--trial_cpus={FLAGS.trial_cpus} must be > 0 and --trial_gpus={FLAGS.trial_gpus}, '
+                     f'--trial_tpus={FLAGS.trial_tpus} >= 0.')
+  if FLAGS.max_failures < 0:
+    raise ValueError(f'--max_failures={FLAGS.max_failures} must be >= 0.')
+  if FLAGS.scheduler == 'asha' and not FLAGS.scheduler_metric:
+    raise ValueError('--scheduler=asha needs --scheduler_metric=FIELD, a field of the runs\' metrics.jsonl such as '
+                     'outer/query_loss (the sweep metric is only known once a run ends).')
+  if FLAGS.asha_grace_steps < 0 or FLAGS.asha_reduction_factor <= 1:
+    raise ValueError(f'--asha_grace_steps={FLAGS.asha_grace_steps} must be >= 0 and '
+                     f'--asha_reduction_factor={FLAGS.asha_reduction_factor} > 1.')
+
+
+def _exit_with_error(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _execute_on_ray(task: str, spec: dict, sweep_dir: str) -> dict[str, str]:
+  """``sweep_ray.execute`` with the flags; a cluster it cannot join, or a scheduler metric the runs do not log, exits
+  with one ``error:`` line."""
+  # Imports ray: only this backend needs it.
+  from experiments import sweep_ray  # pylint: disable=g-import-not-at-top
+  try:
+    return sweep_ray.execute(task, spec, sweep_dir, sweep_ray.RayOptions(**{name: FLAGS[name].value
+                                                                           for name in RAY_FLAGS}))
+  except ConnectionError as e:
+    _exit_with_error(f'--address={FLAGS.address!r}: no Ray cluster to join ({e}). Start one (ray start --head) and '
+                     'pass its address or auto, or leave --address empty to start a local Ray instance.')
+  except ValueError as e:
+    _exit_with_error(str(e))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     spec = load_spec(FLAGS.sweep)
     check_fields(FLAGS.task, spec)
+    check_backend_flags()
   except ValueError as e:  # config_check.ConfigError too.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, 'sweep.json'), 'w') as f:
+    _exit_with_error(str(e))
+  sweep_dir = os.path.abspath(FLAGS.workdir)  # Runs start in ROOT: a relative workdir would move.
+  if FLAGS.dry_run:
+    for line in dry_run_commands(FLAGS.task, spec, sweep_dir):
+      print(line)
+    return
+  os.makedirs(sweep_dir, exist_ok=True)
+  with open(os.path.join(sweep_dir, 'sweep.json'), 'w') as f:
     json.dump({'task': FLAGS.task, 'spec': spec, 'runs': expand(spec)}, f, indent=2)
-  codes = execute(FLAGS.task, spec, FLAGS.workdir, FLAGS.parallel)
-  rows = aggregate(spec, FLAGS.workdir)
-  failed = [name for name, code in codes.items() if code != 0]
-  logging.info('Results: %s (%d/%d runs done)', os.path.join(FLAGS.workdir, 'results.md'),
+  if FLAGS.backend == 'ray':
+    outcomes = _execute_on_ray(FLAGS.task, spec, sweep_dir)
+  else:
+    outcomes = {name: 'done' if code == 0 else 'failed'
+                for name, code in execute(FLAGS.task, spec, sweep_dir, FLAGS.parallel).items()}
+  rows = aggregate(spec, sweep_dir)
+  logging.info('Results: %s (%d/%d runs done)', os.path.join(sweep_dir, 'results.md'),
                sum(r['status'] == 'done' for r in rows), len(rows))
+  failed = [name for name, outcome in outcomes.items() if outcome == 'failed']
   if failed:
     raise SystemExit(f'{len(failed)} run(s) failed; see their run.log: {", ".join(failed)}')
+  unfinished = [name for name, outcome in outcomes.items() if outcome == 'unfinished']
+  if unfinished:
+    raise SystemExit(f'{len(unfinished)} run(s) unfinished (the sweep was stopped): rerun the same command to resume '
+                     'them from their checkpoints.')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -104,3 +104,17 @@ def test_unknown_field_in_a_spec_is_one_line_naming_the_closest(tmp_path):
                            f'--workdir={tmp_path}/sweep'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
   assert 'error: --config.target_sparsity is not a config field' in result.stderr, result.stderr
+
+
+def test_a_run_stopped_early_is_skipped_on_restart_and_marked_in_the_results(tmp_path):
+  spec = {'parameters': {'sparsity.target_sparsity': [0.5, 0.8, 0.9]}, 'metric': 'eval.m'}
+  runs = sweep.expand(spec)
+  for run in runs:
+    os.makedirs(sweep.run_dir(str(tmp_path), run))
+  (tmp_path / 'runs' / runs[0]['name'] / 'summary.json').write_text(json.dumps(
+      {'eval': {'m': 0.5}, 'sparsity': {'realised_sparsity': 0.5, 'nonzero_params': 1}, 'timings': {}}))
+  (tmp_path / 'runs' / runs[1]['name'] / sweep.EARLY_STOPPED).write_text(json.dumps({'step': 5}))
+  assert sweep.pending_runs(spec, str(tmp_path)) == runs[2:]
+  rows = sweep.aggregate(spec, str(tmp_path))
+  assert [r['status'] for r in rows] == ['done', 'early_stopped', 'missing']
+  assert '3 runs, 1 done, 1 stopped early by ASHA' in (tmp_path / 'results.md').read_text()
