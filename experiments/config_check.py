@@ -37,6 +37,17 @@ PREDATING = {
     'gates.meta_pruner_embedding': 'tanh',
 }
 
+# Fields added after results were first keyed by a hash of the whole config (the frontier's points), with the
+# value at which they change nothing (how every run before them behaved). ``inert_fields_dropped`` leaves them out
+# of such a hash at that value, so adding a field does not orphan the points computed before it. Add a new field
+# here when it has such a value.
+INERT_VALUES = {
+    'num_seeds': 1,
+    'outer.reptile_update': 'adam',
+    'outer.reptile_step_size': 1.0,          # Read only with reptile_update='interpolate'.
+    'outer.reptile_step_size_final': 0.0,
+}
+
 
 class ConfigError(ValueError):
   """A config field that does not exist, is missing, or has the wrong type."""
@@ -63,6 +74,17 @@ def leaf_paths(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
     else:
       out[path] = value
   return out
+
+
+def inert_fields_dropped(leaves: dict) -> dict:
+  """``leaf_paths`` output without the ``INERT_VALUES`` fields that hold their inert value (``reptile_step_size*``
+  too whenever ``outer.reptile_update`` is 'adam', which ignores them)."""
+  adam = leaves.get('outer.reptile_update', 'adam') == 'adam'
+  def inert(path, value):
+    if path not in INERT_VALUES:
+      return False
+    return value == INERT_VALUES[path] or (adam and path.startswith('outer.reptile_step_size'))
+  return {path: value for path, value in leaves.items() if not inert(path, value)}
 
 
 def closest(path: str, valid: list[str]) -> str | None:

@@ -152,3 +152,18 @@ def test_load_restores_a_finished_run_exactly(tmp_path):
     replay, _ = step(replay)
   test_utils.assert_trees_all_equal(state.meta_params, replay.meta_params)
   assert exp.evaluate(state.meta_params) == fresh.evaluate(replay.meta_params)
+
+
+def test_inert_fields_at_their_inert_value_drop_out_of_a_config_hash():
+  # A config saved before the INERT_VALUES fields existed hashes like today's config at their inert values.
+  config = smoke.get_config()
+  leaves = config_check.leaf_paths(config)
+  old = {path: value for path, value in leaves.items() if path not in config_check.INERT_VALUES}
+  assert set(config_check.INERT_VALUES) <= set(leaves)
+  assert config_check.inert_fields_dropped(leaves) == old
+  config.num_seeds = 2
+  assert config_check.inert_fields_dropped(config_check.leaf_paths(config))['num_seeds'] == 2
+  config.num_seeds, config.outer.reptile_update, config.outer.reptile_step_size = 1, 'interpolate', 0.5
+  kept = config_check.inert_fields_dropped(config_check.leaf_paths(config))
+  assert kept['outer.reptile_update'] == 'interpolate' and kept['outer.reptile_step_size'] == 0.5
+  assert 'outer.reptile_step_size_final' not in kept  # At its inert value.
