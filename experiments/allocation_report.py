@@ -12,6 +12,12 @@ reference's (``--reference``, default ``rl[erk]``) margin over every other label
 the tasks neither diverged on: the two CIs (``separated`` when they do not
 overlap) and the paired difference's CI (the same tasks, so the paired interval
 is the sharper test).
+
+The metric is the per-task query loss (lower is better; the margin is ``other -
+reference``), or, where every point is a classifier's (``per_task_accuracy``, e.g.
+Omniglot), the per-task query accuracy (higher is better; the margin is
+``reference - other``, no task diverges): a positive margin says the reference is
+better either way.
 """
 
 import glob
@@ -47,9 +53,19 @@ def load_points(workdirs: list[str]) -> list[dict]:
   return records
 
 
+def metric_of(records: list[dict]) -> str:
+  """``'accuracy'`` when every record has per-task accuracies (classification), else ``'loss'``."""
+  return 'accuracy' if records and all('per_task_accuracy' in r for r in records) else 'loss'
+
+
 def compare(records: list[dict], reference: str, *, divergence_threshold: float = 1e3,
             divergence_ratio: float = 10.0) -> list[dict]:
-  """One row per (sparsity, seed, shots, step, label): its own summary and, beside the reference, the margin."""
+  """One row per (sparsity, seed, shots, step, label): its own summary and, beside the reference, the margin
+  (positive: the reference is better; module docstring)."""
+  metric = metric_of(records)
+  per_task, sign = ('per_task_accuracy', -1.0) if metric == 'accuracy' else ('per_task', 1.0)
+  if metric == 'accuracy':  # Accuracies in [0, 1] never diverge.
+    divergence_threshold, divergence_ratio = float('inf'), float('inf')
   groups: dict[tuple, dict[str, dict]] = {}
   for r in records:
     groups.setdefault((r['target_sparsity'], r['seed']), {})[r['label']] = r
@@ -57,19 +73,19 @@ def compare(records: list[dict], reference: str, *, divergence_threshold: float 
   for (sparsity, seed), by_label in sorted(groups.items()):
     ref = by_label.get(reference)
     for label, r in sorted(by_label.items(), key=lambda kv: (kv[0] != reference, kv[0])):
-      for shots, per_step in r['per_task'].items():
+      for shots, per_step in r[per_task].items():
         before = np.asarray(per_step['step_0'])
         for step, values in per_step.items():
-          if step == 'step_0':
+          if step == 'step_0' and len(per_step) > 1:  # Before adapting; a ProtoNet records step 0 only.
             continue
           values = np.asarray(values)
-          row = {'sparsity': sparsity, 'seed': seed, 'shots': shots, 'step': step, 'label': label,
+          row = {'sparsity': sparsity, 'seed': seed, 'shots': shots, 'step': step, 'label': label, 'metric': metric,
                  'kept_per_layer': list(r.get('kept_per_layer', {}).values()),
                  **evaluate.summarise(values, before, divergence_threshold=divergence_threshold,
                                       divergence_ratio=divergence_ratio)}
           if ref is not None and label != reference:
-            ref_values = np.asarray(ref['per_task'][shots][step])
-            ref_before = np.asarray(ref['per_task'][shots]['step_0'])
+            ref_values = np.asarray(ref[per_task][shots][step])
+            ref_before = np.asarray(ref[per_task][shots]['step_0'])
             common = evaluate.summarise_common(
                 {'reference': ref_values, 'other': values}, {'reference': ref_before, 'other': before},
                 divergence_threshold=divergence_threshold, divergence_ratio=divergence_ratio)
@@ -80,7 +96,7 @@ def compare(records: list[dict], reference: str, *, divergence_threshold: float 
                                          divergence_ratio=divergence_ratio))
             difference = values[kept] - ref_values[kept]
             row.update({'num_common': a['num_common'], 'reference_common': (a['mean'], a['ci95']),
-                        'other_common': (b['mean'], b['ci95']), 'margin': b['mean'] - a['mean'],
+                        'other_common': (b['mean'], b['ci95']), 'margin': sign * (b['mean'] - a['mean']),
                         'paired_ci95': evaluate.confidence_interval_95(difference),
                         'separated': bool(a['mean'] + a['ci95'] < b['mean'] - b['ci95']
                                           or b['mean'] + b['ci95'] < a['mean'] - a['ci95'])})
@@ -89,8 +105,10 @@ def compare(records: list[dict], reference: str, *, divergence_threshold: float 
 
 
 def format_markdown(rows: list[dict], reference: str) -> str:
-  lines = [f'# Allocations per seed (margins of {reference}: other − {reference} on the common tasks; positive: '
-           f'{reference} better)', '',
+  metric = rows[0]['metric'] if rows else 'loss'
+  margin = (f'{reference} − other' if metric == 'accuracy' else f'other − {reference}')
+  lines = [f'# Allocations per seed: query {metric} (margins of {reference}: {margin} on the common tasks; '
+           f'positive: {reference} better)', '',
            '| sparsity | seed | shots | step | allocation | kept per layer | mean ± 95% CI (div.) | common tasks | '
            f'{reference} / other (common) | margin ± paired CI | CIs separated |',
            '|---|---|---|---|---|---|---|---|---|---|---|']

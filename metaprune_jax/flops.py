@@ -119,3 +119,43 @@ def conv4_flops(params: types.Params, masks: types.Masks | None = None, *, image
           'nonzero_conv_weights': int(nonzero), 'conv_weight_sparsity': 1.0 - nonzero / max(total, 1),
           'conv_channels': int(channels), 'pruned_channels': int(pruned),
           'channel_sparsity': pruned / max(channels, 1)}
+
+
+def weight_costs(params: types.Params, *, image_size: int | None = None) -> tuple[dict[str, int], int]:
+  """FLOPs of one kept weight of every kernel, and the FLOPs no kernel mask removes.
+
+  The linear form of :func:`mlp_flops` (``image_size=None``) and
+  :func:`conv4_flops` (``image_size``: the Conv-4 input side): for any mask that
+  leaves biases dense, ``effective_flops == fixed + sum_l costs[l] * nnz(kernel_l)``.
+  A Dense kernel weight costs one multiply-add (2 FLOPs); a kernel weight of
+  ``conv_i`` costs one per output pixel, ``2 * s_i * s_i`` with ``s_0 =
+  image_size`` and ``s_{i+1} = s_i // 2`` (SAME padding keeps the side, each
+  2x2 max-pool halves it, rounding down). The fixed FLOPs are the bias adds.
+
+  Args:
+    params: MLP params (every dict holding a 2-D ``kernel``), or Conv-4 params
+      (``conv_i/kernel [3, 3, in, out]``, ``head``) when ``image_size`` is given.
+    image_size: None for an MLP; the input side length of a Conv-4, e.g. 28.
+
+  Returns:
+    ``({'conv_0/kernel': 2 * 28 * 28, ..., 'head/kernel': 2}, fixed_flops)``:
+    costs keyed by the kernel's path, as Python ints.
+  """
+  params = jax.device_get(params)
+  if image_size is None:
+    layers = _dense_layers(params)
+    return ({f'{path[1:]}/kernel': 2 for path, _, _ in layers},
+            sum(0 if bias is None else bias.size for _, _, bias in layers))
+  if int(image_size) < 1 or 'conv_0' not in params:
+    raise ValueError(f'weight_costs(image_size={image_size!r}) counts a Conv-4 (conv_0 ... and a head) on a '
+                     f'positive image size; got keys {sorted(params)}. Pass image_size=None for an MLP.')
+  costs, side, i = {}, int(image_size), 0
+  while f'conv_{i}' in params:
+    costs[f'conv_{i}/kernel'] = 2 * side * side
+    side //= 2
+    i += 1
+  fixed = 0
+  if 'head' in params:
+    head_costs, fixed = weight_costs({'head': params['head']})
+    costs.update(head_costs)
+  return costs, fixed

@@ -70,3 +70,48 @@ def test_conv4_flops_counts_taps_channels_and_head():
   assert pruned['dense_flops'] == expected
   assert pruned['effective_flops'] == expected - 2 * 16 * 72
   assert pruned['nonzero_conv_weights'] == 36 + 72
+
+
+def _random_kernel_masks(rng, params):
+  """Bernoulli masks (keep probability 0.05-0.95 per layer) on every kernel; ``None`` elsewhere."""
+  def mask(path, leaf):
+    if path[-1].key != 'kernel':
+      return None
+    return jnp.asarray(rng.random(leaf.shape) < rng.uniform(0.05, 0.95), jnp.float32)
+  return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def _nonzero_kernels(params, masks) -> dict[str, int]:
+  effective = jax.tree.map(lambda p, m: p if m is None else p * m, params, masks, is_leaf=lambda x: x is None)
+  return {f'{name}/kernel': int(np.count_nonzero(layer['kernel'])) for name, layer in effective.items()
+          if 'kernel' in layer}
+
+
+@pytest.mark.parametrize('image_size', [13, 16])
+def test_weight_costs_are_the_linear_form_of_conv4_flops(image_size):
+  params = conv.init_conv4(jax.random.key(1), image_size=image_size, width=4, depth=3, num_classes=3)
+  costs, fixed = flops.weight_costs(params, image_size=image_size)
+  # SAME 3x3 convs keep the side, each 2x2 pool halves it (rounding down): 13 -> 6 -> 3, 16 -> 8 -> 4.
+  sides = [conv.feature_size(image_size, i) for i in range(3)]
+  assert costs == {'conv_0/kernel': 2 * sides[0] ** 2, 'conv_1/kernel': 2 * sides[1] ** 2,
+                   'conv_2/kernel': 2 * sides[2] ** 2, 'head/kernel': 2}
+  assert fixed == 3  # The head's bias adds.
+  rng = np.random.default_rng(image_size)
+  for _ in range(5):
+    masks = _random_kernel_masks(rng, params)
+    linear = fixed + sum(costs[path] * nnz for path, nnz in _nonzero_kernels(params, masks).items())
+    assert flops.conv4_flops(params, masks, image_size=image_size)['effective_flops'] == linear
+  dense = fixed + sum(costs[path] * int(np.size(params[path.split('/')[0]]['kernel'])) for path in costs)
+  assert flops.conv4_flops(params, image_size=image_size)['dense_flops'] == dense
+
+
+def test_weight_costs_of_an_mlp_and_bad_input():
+  model = mlp.make_mlp((8, 8), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
+  costs, fixed = flops.weight_costs(params)
+  assert costs == {'Dense_0/kernel': 2, 'Dense_1/kernel': 2, 'Dense_2/kernel': 2} and fixed == 8 + 8 + 1
+  masks = _random_kernel_masks(np.random.default_rng(0), params)
+  nnz = _nonzero_kernels(params, masks)
+  assert flops.mlp_flops(params, masks)['effective_flops'] == fixed + 2 * sum(nnz.values())
+  with pytest.raises(ValueError, match='image_size=None for an MLP'):
+    flops.weight_costs(params, image_size=28)

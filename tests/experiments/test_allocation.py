@@ -14,7 +14,14 @@ from experiments import baselines
 from experiments import build as build_lib
 from experiments import evaluation
 from experiments import frontier
+from experiments import problems
 from experiments.configs import frontier_sinusoid
+from experiments.configs import omniglot
+from experiments.configs import omniglot_tiny
+from metaprune_jax import flops
+from metaprune_jax.nets import conv
+from metaprune_jax.pruning import controller as controller_lib
+from tests import shared_data
 from tests import test_utils
 
 
@@ -139,8 +146,8 @@ def test_rl_refuses_bad_fields_and_tasks_by_name():
   with pytest.raises(ValueError, match='pruning.rl_candidates'):
     build_lib.check(config)
   config = _config()
-  config.task.name = 'omniglot'
-  with pytest.raises(ValueError, match='--task=omniglot'):
+  config.task.name = 'sequence'
+  with pytest.raises(ValueError, match='--task=sequence'):
     allocation.check_task(config)
 
 
@@ -180,3 +187,158 @@ def test_the_allocation_report_labels_points_and_pairs_tasks_per_seed(tmp_path):
   test_utils.assert_close(erk['paired_ci95'], 0.0)  # Every common task 1.0 worse: a sure margin.
   assert not erk['separated']  # The unpaired CIs overlap.
   assert '| 0.95 | 0 | 5 | 1 | erk | [1, 2] |' in allocation_report.format_markdown(rows, 'rl[erk]')
+
+
+# ---------------------------------------------------------------------------
+# The Omniglot Conv-4.
+
+
+def _conv4_config(budget='flops', sparsity=0.9):
+  """``omniglot.py`` (Conv-4 of width 64 on 28x28 images, the head in ``gates.dense_layers``) at a budget."""
+  config = omniglot.get_config()
+  config.pruning.budget = budget
+  config.sparsity.target_sparsity = sparsity
+  return config
+
+
+def _conv4_params(config):
+  return conv.init_conv4(jax.random.key(0), image_size=int(config.task.image_size),
+                         width=int(config.model.conv_width), depth=int(config.model.conv_depth), num_classes=5)
+
+
+def test_the_conv4_flops_budget_costs_a_weight_its_output_pixels_and_keeps_the_head():
+  config = _conv4_config(sparsity=0.9)
+  params = _conv4_params(config)
+  budget = allocation.budget_for(config, params)
+  # 28x28 -> 14 -> 7 -> 3 output pixels per conv layer (SAME convs, 2x2 pools); the head costs 2 per weight.
+  assert budget.sizes == (9 * 64, 9 * 64 * 64, 9 * 64 * 64, 9 * 64 * 64, 64 * 5)
+  assert budget.costs == (2 * 28 * 28, 2 * 14 * 14, 2 * 7 * 7, 2 * 3 * 3, 2)
+  assert budget.min_kept == (1, 1, 1, 1, 64 * 5)  # The head (gates.dense_layers) is kept whole.
+  dense = flops.conv4_flops(params, image_size=28)['dense_flops']
+  assert dense == 2 * (784 * 576 + (196 + 49 + 9) * 36864) + 2 * 320 + 5
+  assert budget.total == int(0.1 * dense) - 5  # The head's bias adds are the fixed FLOPs.
+
+
+@pytest.mark.parametrize('sparsity', [0.8, 0.9])
+def test_masks_of_conv4_allocations_spend_the_flops_budget_to_the_flop(sparsity):
+  config = _conv4_config(sparsity=sparsity)
+  params = _conv4_params(config)
+  budget = allocation.budget_for(config, params)
+  dense = flops.conv4_flops(params, image_size=28)['dense_flops']
+  costs = np.asarray(budget.costs)
+  rng = np.random.default_rng(int(sparsity * 10))
+  allocations = dict(allocation.reference_allocations(config, params, budget))
+  for i, logits in enumerate(rng.normal(size=(4, 5)) * 3.0):
+    allocations[f'random_{i}'] = [int(k) for k in controller_lib.project(logits, budget)]
+  for name, counts in allocations.items():
+    masks = allocation.allocation_masks(params, counts)
+    spent = int(costs @ np.asarray(counts))
+    assert flops.conv4_flops(params, masks, image_size=28)['effective_flops'] == spent + 5, name  # Bias adds: 5.
+    assert spent <= budget.total, name
+    # Nothing left that one more weight of a layer that is not full would pay for.
+    open_layers = np.asarray(counts) < np.asarray(budget.sizes)
+    assert not np.any(open_layers & (costs <= budget.total - spent)), (name, counts)
+    assert spent + 5 <= (1.0 - sparsity) * dense < spent + 5 + costs[open_layers].max(), name
+    assert counts[-1] == 64 * 5 and list(allocation.kept_per_layer(params, masks).values()) == counts, name
+  assert allocations['uniform'] != allocations['erk']
+
+
+def test_the_conv4_params_budget_prunes_the_conv_weights_only():
+  config = _conv4_config(budget='params', sparsity=0.9)
+  params = _conv4_params(config)
+  budget = allocation.budget_for(config, params)
+  conv_weights = 576 + 3 * 36864
+  assert budget.costs == (1,) * 5 and budget.total == conv_weights - int(np.floor(0.9 * conv_weights + 0.5)) + 320
+  for name, counts in allocation.reference_allocations(config, params, budget).items():
+    assert counts[-1] == 320, name
+    if name == 'uniform':
+      assert sum(counts) == budget.total
+  masks = allocation.allocation_masks(params, allocation.erk_counts(config, params))
+  kept = sum(list(allocation.kept_per_layer(params, masks).values())[:4])
+  assert abs(kept - (budget.total - 320)) <= 4  # ERK rounds each layer's count on its own.
+
+
+def _omniglot_config():
+  """``omniglot_tiny`` as a dense ProtoNet (16x16 images, Conv-2 of width 8), a FLOPs budget of 10%."""
+  config = omniglot_tiny.get_config()
+  config.task.data_dir = shared_data.OMNIGLOT_DIR
+  config.algorithm = 'protonet'
+  config.pruning.budget = 'flops'
+  config.sparsity.target_sparsity = 0.9
+  config.pruning.rl_episodes = 2
+  config.pruning.rl_candidates = 3
+  config.pruning.rl_finetune_steps = 2
+  config.pruning.rl_validation_tasks = 6
+  return config
+
+
+@pytest.fixture(scope='module')
+def omniglot_dense():
+  if not os.path.isdir(shared_data.OMNIGLOT_DIR):
+    pytest.skip('shared Omniglot data missing')
+  exp = baselines.dense_experiment(_omniglot_config())
+  state, step = baselines._setup(exp)  # pylint: disable=protected-access
+  for _ in range(6):
+    state, _ = step(state)
+  return exp, state
+
+
+def test_the_omniglot_reward_is_validation_accuracy_higher_for_more_weights(omniglot_dense):
+  exp, state = omniglot_dense
+  params = state.meta_params['params']
+  budget = allocation.budget_for(exp.config, params)
+  assert allocation.host_loop(exp.config)  # Dense ProtoNet: native convs, fine-tuned by a host loop.
+  starved = list(budget.min_kept)  # One weight per conv layer: every embedding nearly the same.
+  counts = jnp.asarray([starved, allocation.reference_allocations(exp.config, params, budget)['uniform']])
+  rewards = np.asarray(allocation.host_reward_fn(exp)(state, jnp.asarray(0, jnp.int32), None, counts))
+  assert np.all((rewards >= 0.0) & (rewards <= 1.0))  # Accuracies, not minus losses.
+  assert rewards[1] > rewards[0] + 0.1, rewards
+  jitted = jax.jit(lambda s, c: allocation.reward_fn(exp, s, 0)(c))(state, counts)  # One jit, candidates vmapped.
+  test_utils.assert_close(jitted, rewards, atol=1e-6)
+  # eval.split='test': the reward's episodes come from the validation characters, none from the test split's.
+  assert exp.config.eval.split == 'test'
+  tasks = allocation.validation_tasks(exp.config, exp.problem, 0)
+  test_images = np.asarray(problems.load_omniglot_splits(exp.config).test.images, np.float32) / 255.0
+  test_rows = {image.tobytes() for image in test_images.reshape(-1, *test_images.shape[-3:])}
+  assert not any(np.asarray(image, np.float32).tobytes() in test_rows
+                 for image in np.asarray(tasks.query_inputs).reshape(-1, *tasks.query_inputs.shape[-3:]))
+
+
+def test_an_omniglot_search_keeps_the_flops_budget_and_records_the_reward(omniglot_dense):
+  exp, state = omniglot_dense
+  result = allocation.search(exp, state)
+  assert result.reward == 'accuracy' and result.layers == ['conv_0/kernel', 'conv_1/kernel', 'head/kernel']
+  spent = int(np.asarray(result.budget.costs) @ np.asarray(result.counts))
+  assert spent <= result.budget.total and result.counts[-1] == result.budget.sizes[-1]
+  params = state.meta_params['params']
+  masks = allocation.allocation_masks(params, result.counts)
+  assert flops.conv4_flops(params, masks, image_size=16)['effective_flops'] == spent + 3
+  record = allocation.summary(exp.config, result, params)
+  assert record['reward'] == 'accuracy' and len(record['history']['rewards']) == 2
+
+
+def test_the_allocation_report_reads_accuracies_higher_is_better(tmp_path):
+  for method, accuracies in (('rl', [1.0, 0.8, 0.6]), ('magnitude_finetune', [0.8, 0.6, 0.6])):
+    _point(str(tmp_path), method, [1.0, 1.0, 1.0])
+    path = tmp_path / 'points' / f'{method}.json'
+    record = json.loads(path.read_text())
+    record['per_task'] = {'shots_1': {'step_0': [1.0] * 3}}  # A ProtoNet records step 0 only.
+    record['per_task_accuracy'] = {'shots_1': {'step_0': accuracies}}
+    path.write_text(json.dumps(record))
+  rows = allocation_report.compare(allocation_report.load_points([str(tmp_path)]), 'rl[erk]')
+  erk = {r['label']: r for r in rows}['erk']
+  assert erk['metric'] == 'accuracy' and erk['step'] == 'step_0'
+  test_utils.assert_close(erk['margin'], 0.4 / 3)  # rl 0.8 against ERK 0.667: positive, rl better.
+  assert 'query accuracy' in allocation_report.format_markdown(rows, 'rl[erk]')
+
+
+def test_at_a_flops_budget_the_l0_counts_are_the_gates_keep_ratios_on_that_budget():
+  config = _config()
+  config.sparsity.target_sparsity = 0.5
+  params_counts, _ = allocation.l0_gates(config)
+  config.pruning.budget = 'flops'
+  counts, _ = allocation.l0_gates(config)
+  params = baselines.dense_experiment(config).init_state().meta_params['params']
+  budget = allocation.budget_for(config, params)
+  assert budget.total == int(0.5 * (2 * 80 + 17)) - 17 == 71  # Kernels (8, 64, 8), biases 8 + 8 + 1.
+  assert sum(params_counts) == 40 and sum(counts) == 35  # Half the kernel weights; half the FLOPs, bias adds fixed.
