@@ -193,7 +193,8 @@ def gates_for(config, problem: problems.Problem) -> gate_source.GateSource:
     return gate_source.shared_gates(hc, target_sparsity=target, expand_units=problem.expand_units)
   embedding = config.gates.meta_pruner_embedding
   return meta_pruner.meta_pruner_gates(meta_pruner.task_features_fn(problem.embed_fn, embedding=embedding), hc,
-                                       target_sparsity=target, expand_units=problem.expand_units, embedding=embedding)
+                                       target_sparsity=target, expand_units=problem.expand_units, embedding=embedding,
+                                       modulation_gain=float(config.gates.meta_pruner_modulation_gain))
 
 
 def bn_mode(config) -> str:

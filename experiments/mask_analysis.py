@@ -57,8 +57,10 @@ def analyse(exp: build.Experiment, meta_params, *, num_tasks: int = 100) -> dict
   embedding = config.gates.meta_pruner_embedding
   features_fn = meta_pruner.task_features_fn(problem.embed_fn, embedding=embedding)
   expand_units = problem.expand_units  # RNN hidden-unit coupling for harden and the counters (None: none).
+  gain = float(config.gates.get('meta_pruner_modulation_gain', 1.0))  # 1.0: a config from before the field.
   masks_fn = jax.jit(lambda mp, t: meta_pruner.task_masks(mp, t, features_fn, target_sparsity=target, hc=hc,
-                                                          expand_units=expand_units, embedding=embedding))
+                                                          expand_units=expand_units, embedding=embedding,
+                                                          modulation_gain=gain))
   masks = masks_fn(meta_params, tasks)
   params = meta_params['params']
   gated = sparsity.num_gated_weights(params, meta_params['gate_logits'], expand_units=expand_units)

@@ -104,7 +104,7 @@ def validate_gates_and_sparsity(config: ml_collections.ConfigDict) -> None:
   require(gates.mask in MASKS, 'gates.mask', gates.mask, f'use one of {MASKS}')
   require(gates.granularity in hard_concrete.GRANULARITIES, 'gates.granularity', gates.granularity,
           f'use one of {hard_concrete.GRANULARITIES}')
-  _positive_rates(gates, 'gates', ('gate_lr', 'meta_pruner_lr', 'hc_beta'))
+  _positive_rates(gates, 'gates', ('gate_lr', 'meta_pruner_lr', 'hc_beta', 'meta_pruner_modulation_gain'))
   require(gates.hc_gamma < 0, 'gates.hc_gamma', gates.hc_gamma, 'must be < 0 (the stretch below 0)')
   require(gates.hc_zeta > 1, 'gates.hc_zeta', gates.hc_zeta, 'must be > 1 (the stretch above 1)')
   require(math.isfinite(float(gates.init_logit)), 'gates.init_logit', gates.init_logit, 'must be finite')

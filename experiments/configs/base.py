@@ -75,6 +75,10 @@ def gates(**overrides) -> ml_collections.ConfigDict:
       # 'tanh' (tanh of the mean phi: saturates on un-normalised backbone features; runs saved before this field
       # existed used it, config_check.PREDATING); meta_pruner.EMBEDDINGS.
       meta_pruner_embedding='normalized',
+      # Fixed multiplier g of the task modulation of the logits: under Adam the modulation then moves at g times
+      # meta_pruner_lr in logit units (meta_pruner.py). Runs saved before this field had 1.0 (config_check.PREDATING).
+      # Omniglot: g=10 doubles the task masks' distance; sinusoid: g=10 is worse than 1 (docs/notes/meta_pruner.md).
+      meta_pruner_modulation_gain=1.0,
   ), overrides, 'gates')
 
 

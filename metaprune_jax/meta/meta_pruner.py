@@ -5,7 +5,7 @@ meta-pruner ``f`` maps a task's support set and the network's parameters to gate
 logits *for that task*:
 
     e          = pool(mean_i phi(f_i))                  # [embed_dim], permutation invariant
-    logit_l    = base_l + row_l(e) [:, None] + col_l(e) [None, :] + scale_l * zscore(log |w_l|)
+    logit_l    = base_l + g * (row_l(e) [:, None] + col_l(e) [None, :]) + scale_l * zscore(log |w_l|)
 
 for every gated kernel ``l`` of shape ``[..., in, out]``: ``base_l`` is the
 shared logit tree (so shared gates are the special case ``f = 0``),
@@ -16,6 +16,19 @@ weight, or of each unit's weight norm for structured gates) through a learned
 per-layer scale. ``R``, ``C`` and ``scale`` start at zero, so an untrained
 meta-pruner is exactly the shared-gate model. Generating a task's mask is one
 forward pass of ``phi`` over the support set plus a few outer products.
+
+``g`` (``modulation_gain``) is a fixed (not learned) multiplier of the task
+modulation. Under Adam, whose steps are about ``lr`` in every parameter whatever
+its gradient's size, a model ``g * R`` trained at ``lr`` is the model ``R``
+trained at ``g * lr``: the gain is the modulation's own step size in logit units,
+apart from ``phi``'s. With ``g = 1`` the modulation moves at the meta-pruner's
+learning rate (1e-3), tens of times slower than the base logits (the gate
+learning rate), and until hardening the per-task offsets stay far below the
+spread of the base logits around the hardening threshold: every task keeps
+nearly the same mask. A larger ``g`` helps only so far: it scales the part of
+``e`` common to all tasks as much as the part that differs, and the common part
+widens the shared logits (docs/notes/meta_pruner.md, session 12). ``g = 1`` is
+the behaviour of runs saved before the gain existed.
 
 Two task encoders (``embedding``, one of ``EMBEDDINGS``):
 
@@ -140,7 +153,8 @@ def _standardised_log_magnitude(param: jax.Array, logits: jax.Array) -> jax.Arra
 
 
 def task_gate_logits(pruner_params: dict, gate_logits: types.GateLogits, params: types.Params,
-                     features: jax.Array, *, embedding: str = 'normalized') -> types.GateLogits:
+                     features: jax.Array, *, embedding: str = 'normalized',
+                     modulation_gain: float = 1.0) -> types.GateLogits:
   """This task's gate logits (same tree and shapes as ``gate_logits``).
 
   Args:
@@ -150,8 +164,9 @@ def task_gate_logits(pruner_params: dict, gate_logits: types.GateLogits, params:
       gradient flows back into the weights through this statistic).
     features: ``[n, feature_dim]`` support-set features of one task.
     embedding: the task encoder (``task_embedding``).
+    modulation_gain: the fixed multiplier ``g`` of the task modulation (module docstring).
   """
-  e = task_embedding(pruner_params, features, embedding=embedding)
+  e = modulation_gain * task_embedding(pruner_params, features, embedding=embedding)
 
   def leaf(base, layer, param):
     if base is None:
@@ -213,7 +228,8 @@ def task_features_fn(embed_fn=None, *, embedding: str = 'normalized'):
 
 def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
                       target_sparsity: float | None = None,
-                      expand_units: Callable | None = None, embedding: str = 'normalized') -> gate_source.GateSource:
+                      expand_units: Callable | None = None, embedding: str = 'normalized',
+                      modulation_gain: float = 1.0) -> gate_source.GateSource:
   """Task-conditioned gates: every task runs with ``task_gate_logits`` of its own support set.
 
   Meta-parameters gain a ``'meta_pruner'`` group (``init_meta_pruner``);
@@ -231,6 +247,7 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
     expand_units: the net's hidden-unit coupling (``masks.sparsity``), or None.
     embedding: the task encoder (``task_embedding``); ``features_fn`` should be
       built with the same one.
+    modulation_gain: the fixed multiplier of the task modulation (module docstring).
 
   Returns:
     A ``GateSource`` whose ``expected_density`` is the mean over tasks of each
@@ -239,7 +256,7 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
   def with_task_gates(meta_params, task, gate_mode, hardened):
     params = meta_params['params']
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
-                              features_fn(params, task), embedding=embedding)
+                              features_fn(params, task), embedding=embedding, modulation_gain=modulation_gain)
     if target_sparsity is not None and (gate_mode == 'deterministic' or hardened):
       logits = harden_lib.harden(params, jax.lax.stop_gradient(logits), target_sparsity, expand_units=expand_units)
     return {**meta_params, 'gate_logits': logits}
@@ -274,13 +291,13 @@ def meta_pruner_gates(features_fn: Callable, hc: hard_concrete.HardConcrete = ha
 
 def task_masks(meta_params, tasks, features_fn, *, target_sparsity: float | None,
                hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), expand_units: Callable | None = None,
-               embedding: str = 'normalized'):
+               embedding: str = 'normalized', modulation_gain: float = 1.0):
   """Deterministic (hardened to ``target_sparsity`` when given) masks of a task batch: leaves ``[T, ...]``."""
   params = meta_params['params']
 
   def one(task):
     logits = task_gate_logits(meta_params['meta_pruner'], meta_params['gate_logits'], params,
-                              features_fn(params, task), embedding=embedding)
+                              features_fn(params, task), embedding=embedding, modulation_gain=modulation_gain)
     if target_sparsity is not None:
       logits = harden_lib.harden(params, logits, target_sparsity, expand_units=expand_units)
     return hard_concrete.deterministic_gates(logits, hc)

@@ -55,3 +55,20 @@ def test_an_unknown_embedding_names_the_valid_ones():
   with pytest.raises(ValueError, match=r"--config.gates.meta_pruner_embedding='sigmoid' is invalid: use one of "
                                        r"\('tanh', 'normalized'\)"):
     validation.validate_gates_and_sparsity(config)
+
+
+@pytest.mark.parametrize('get_config', [sinusoid.get_config, omniglot.get_config])
+def test_a_run_saved_before_the_modulation_gain_existed_keeps_gain_one(get_config):
+  stored = get_config()
+  del stored.gates['meta_pruner_modulation_gain']
+  assert 'gates.meta_pruner_modulation_gain' in config_check.fill_missing(stored)
+  assert stored.gates.meta_pruner_modulation_gain == 1.0
+
+
+@pytest.mark.parametrize('gain', [0.0, -1.0, float('nan')])
+def test_a_modulation_gain_must_be_positive(gain):
+  config = smoke.get_config()
+  config.gates.meta_pruner_modulation_gain = gain
+  with pytest.raises(ValueError, match=r'--config.gates.meta_pruner_modulation_gain=.* is invalid: must be a finite '
+                                       r'number > 0'):
+    validation.validate_gates_and_sparsity(config)
