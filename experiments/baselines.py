@@ -35,7 +35,8 @@ Config fields read here: the ``pruning`` section (``experiments/configs/base.py`
 ``prune_scope`` ('global' or 'layerwise' top-k), ``prune_distribution``
 ('uniform' or 'erk' per-layer sparsities, layerwise only), ``finetune_dense_fraction``,
 ``snip_num_tasks``, ``gradual_begin_fraction``, ``gradual_end_fraction``,
-``gradual_update_every_steps``; plus ``sparsity.target_sparsity`` and the usual training fields.
+``gradual_update_every_steps``; plus ``sparsity.target_sparsity``, ``gates.dense_layers`` (layers no baseline
+prunes, as the gates leave them dense: the sparsity is over the same weights) and the usual training fields.
 
 Every baseline runs on ``dense_experiment(config)``: ``build`` of the config with
 ``gates.mask='none'``, so ``--config.algorithm`` (the learner), the inner loop
@@ -72,6 +73,27 @@ MaskCallback = Callable[[int, types.Masks], None]
 
 def _selection(config) -> dict:
   return {'scope': config.pruning.prune_scope, 'distribution': config.pruning.prune_distribution}
+
+
+def gated_layer_masks(config, params: types.Params,
+                      make_masks: Callable[[types.Params], types.Masks]) -> types.Masks:
+  """``make_masks`` on the layers the gates prune: those in ``gates.dense_layers`` (e.g. Omniglot's head, which a
+  ProtoNet never uses) stay all ones, so a baseline's sparsity is over the same weights as the gates'.
+
+  Args:
+    config: the experiment's config (``gates.dense_layers``: top-level parameter names).
+    params: the parameter tree.
+    make_masks: ``params -> masks`` over every prunable kernel of the tree it is given.
+
+  Returns:
+    A mask tree with the structure of ``ones_masks(params)``.
+  """
+  dense_layers = tuple(config.gates.dense_layers)
+  if not dense_layers:
+    return make_masks(params)
+  masks = make_masks({name: layer for name, layer in params.items() if name not in dense_layers})
+  ones = ones_masks(params)
+  return {name: ones[name] if name in dense_layers else masks[name] for name in params}
 
 
 def dense_experiment(config: ml_collections.ConfigDict) -> build_lib.Experiment:
@@ -155,7 +177,8 @@ def magnitude_finetune(exp: build_lib.Experiment, *,
                        on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
   """Dense meta-training, one-shot magnitude pruning, fixed-mask meta-training; returns the final state."""
   sparsity, selection = float(exp.config.sparsity.target_sparsity), _selection(exp.config)
-  return _prune_once(exp, lambda params: magnitude_masks(params, sparsity, **selection), 'magnitude_finetune',
+  return _prune_once(exp, lambda params: gated_layer_masks(
+      exp.config, params, lambda kept: magnitude_masks(kept, sparsity, **selection)), 'magnitude_finetune',
                      on_mask_update)
 
 
@@ -163,8 +186,9 @@ def filter_finetune(exp: build_lib.Experiment, *,
                     on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
   """As ``magnitude_finetune`` with structured masks: ``target_sparsity`` of every hidden layer's output units
   (neurons, conv filters) removed by L1 norm (``pruning.baselines.filter_masks``; the head is kept)."""
-  sparsity, head = float(exp.config.sparsity.target_sparsity), tuple(exp.problem.head_keys)
-  return _prune_once(exp, lambda params: filter_masks(params, sparsity, exclude=head), 'filter_finetune',
+  sparsity = float(exp.config.sparsity.target_sparsity)
+  exclude = tuple(exp.problem.head_keys) + tuple(exp.config.gates.dense_layers)
+  return _prune_once(exp, lambda params: filter_masks(params, sparsity, exclude=exclude), 'filter_finetune',
                      on_mask_update)
 
 
@@ -194,7 +218,8 @@ def iterative_magnitude(exp: build_lib.Experiment, *,
       early['params'] = jax.tree.map(jnp.copy, state.meta_params['params'])
     if step < begin or (step - begin) % per_cycle or (step - begin) // per_cycle >= cycles:
       return None
-    masks = magnitude_masks(state.meta_params['params'], float(schedule(step)), **selection)
+    masks = gated_layer_masks(config, state.meta_params['params'],
+                              lambda kept: magnitude_masks(kept, float(schedule(step)), **selection))
     if on_mask_update is not None:
       on_mask_update(step, masks)
     rewound = schedules.rewind(state.meta_params['params'], jax.tree.map(jnp.copy, early['params']), masks)
@@ -209,8 +234,10 @@ def snip(exp: build_lib.Experiment, *, on_mask_update: MaskCallback | None = Non
   state, step_fn = _setup(exp)
   key = jax.random.fold_in(jax.random.key(int(config.seed)), SNIP_KEY_SALT)
   tasks = exp.problem.train_sampler(key, int(config.pruning.snip_num_tasks))
-  masks = snip_masks(state.meta_params['params'], snip_loss(exp, state.meta_params, tasks),
-                     float(config.sparsity.target_sparsity), **_selection(config))
+  params, meta_loss = state.meta_params['params'], snip_loss(exp, state.meta_params, tasks)
+  masks = gated_layer_masks(config, params, lambda kept: snip_masks(
+      kept, lambda kept_params: meta_loss({**params, **kept_params}), float(config.sparsity.target_sparsity),
+      **_selection(config)))
   if on_mask_update is not None:
     on_mask_update(0, masks)
   state = with_masks(state, masks)
@@ -248,7 +275,8 @@ def gradual_magnitude(exp: build_lib.Experiment, *,
     if step < begin or step > end or ((step - begin) % every and step != end):
       return None
     sparsity = float(config.sparsity.target_sparsity) if step >= end else float(schedule(step))  # Exact at end.
-    masks = magnitude_masks(state.meta_params['params'], sparsity, **selection)
+    masks = gated_layer_masks(config, state.meta_params['params'],
+                              lambda kept: magnitude_masks(kept, sparsity, **selection))
     if on_mask_update is not None:
       on_mask_update(step, masks)
     return with_masks(state, masks)
@@ -262,8 +290,8 @@ def random_pruning(exp: build_lib.Experiment, *,
   config = exp.config
   state, step_fn = _setup(exp)
   key = jax.random.fold_in(jax.random.key(int(config.seed)), RANDOM_KEY_SALT)
-  masks = random_masks(key, state.meta_params['params'], float(config.sparsity.target_sparsity),
-                       **_selection(config))
+  masks = gated_layer_masks(config, state.meta_params['params'], lambda kept: random_masks(
+      key, kept, float(config.sparsity.target_sparsity), **_selection(config)))
   if on_mask_update is not None:
     on_mask_update(0, masks)
   state = with_masks(state, masks)

@@ -1,22 +1,22 @@
-"""The accuracy-vs-sparsity frontier: ``python -m experiments.frontier --task=sinusoid``.
+"""The accuracy-vs-sparsity frontier: ``python -m experiments.frontier --task=sinusoid`` (or ``--task=omniglot``).
 
 Runs every (method, sparsity, seed) point of the grid in the config
 (``frontier.methods`` x ``frontier.sparsities`` x ``frontier.seeds``; the
 ``dense`` reference once per seed), each with the same meta-training budget,
-and evaluates it on the held-out tasks of ``evaluation.evaluate``. Outputs in
-``--workdir``:
+and evaluates it on the held-out tasks of ``evaluation.evaluate`` (the same
+tasks for every method of a seed). Outputs in ``--workdir``:
 
 * ``points/<method>_s<sparsity>_seed<seed>.json``: one file per finished point
-  (summary and per-task losses); a restart skips them, so the run is resumable.
+  (summary, per-task losses and accuracies); a restart skips them (resumable).
 * ``runs/<point>/``: the ``train.run`` workdirs of 'dense' and 'hard_concrete'.
 * ``points/rl*_controller.png``: the 'rl' controller's reward curve and
   allocation (its point's ``controller`` record); every point records its
   ``kept_per_layer``.
-* ``frontier.csv``: one row per point and one aggregated row per method/sparsity.
-* ``frontier.md``: mean +- 95% CI over tasks pooled across seeds, realised
-  sparsity, nonzero params, FLOPs, and the margins of 'hard_concrete' over
-  every baseline.
-* ``frontier.png``: held-out loss against sparsity, one line per method.
+* ``frontier.csv`` / ``.md`` / ``.png`` (``frontier_report``): per method and
+  sparsity the mean ± 95% t-interval over seeds and each seed's mean ± task CI
+  of ``frontier.metric`` (loss or accuracy), realised sparsity, nonzero params,
+  FLOPs, and the paired margins of 'hard_concrete' over every baseline with a
+  verdict (``frontier_stats``).
 
 Flags: ``--task``, ``--workdir`` (default ``runs/frontier_<task>``),
 ``--workers=N`` (parallel processes), ``--report_only`` (write the outputs from
@@ -33,6 +33,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
@@ -44,7 +45,8 @@ from experiments import build as build_lib
 from experiments import config_check
 from experiments import evaluation
 from experiments import frontier_report
-from experiments.frontier_report import METHODS
+from experiments import frontier_stats
+from experiments.frontier_stats import METHODS
 from experiments import problems
 from experiments import train
 from metaprune_jax import checkpoint
@@ -52,7 +54,9 @@ from metaprune_jax import flops
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import masking
 from metaprune_jax.masks import sparsity as sparsity_lib
+from metaprune_jax.meta import evaluate as evaluate_lib
 from metaprune_jax.meta import meta_pruner
+from metaprune_jax.pruning import criteria
 
 _TRAINED = ('dense', 'hard_concrete', 'meta_pruner')  # Methods meta-trained by ``train.run``.
 GRID_SECTION = 'frontier'  # methods, sparsities, seeds.
@@ -77,6 +81,7 @@ def validate_frontier_config(config: ml_collections.ConfigDict) -> None:
   if not grid_config.seeds or any(int(s) < 0 for s in grid_config.seeds):
     raise ValueError(f'--config.frontier.seeds={tuple(grid_config.seeds)!r} must be a non-empty list of '
                      'non-negative ints.')
+  frontier_stats.check_metric(config)
   build_lib.check(config)
 
 
@@ -111,9 +116,9 @@ def point_config(config, method: str, sparsity: float, seed: int) -> ml_collecti
 
 
 def fingerprint(config) -> str:
-  """Hash of everything a point depends on (every dotted leaf path) except its own seed / target / mask and
-  the grid."""
-  fields = {path: value for path, value in config_check.leaf_paths(config).items()
+  """Hash of everything a point depends on (every dotted leaf path) except its own seed / target / mask, the grid
+  and the fields added since at their inert value (``config_check.inert_fields_dropped``)."""
+  fields = {path: value for path, value in config_check.inert_fields_dropped(config_check.leaf_paths(config)).items()
             if path not in _PER_POINT_FIELDS and path.split('.')[0] != GRID_SECTION}
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -132,15 +137,30 @@ def _train_run_state(exp: build_lib.Experiment, run_dir: str):
   return state, summary
 
 
-def _sparsity_stats(params, masks) -> dict:
-  """Realised sparsity over the prunable kernels, nonzero params and FLOPs of ``params * masks``."""
-  counts = flops.mlp_flops(params, masks)
+def _sparsity_stats(exp: build_lib.Experiment, params, masks) -> dict:
+  """Realised sparsity (zero weights over the kernels outside ``gates.dense_layers``: those the gates and the
+  baselines prune), nonzero params and FLOPs (``problem.flops_fn``, else ``flops.mlp_flops``) of ``params * masks``."""
+  dense_layers = set(exp.config.gates.dense_layers)
+  kernels, _ = jax.tree_util.tree_flatten_with_path(criteria.magnitude_scores(masking.apply_masks(params, masks)))
+  pruned = [np.asarray(leaf) for path, leaf in kernels if path[0].key not in dense_layers]
+  counts = (exp.problem.flops_fn or flops.mlp_flops)(params, masks)
   return {
-      'realised_sparsity': 1.0 - counts['nonzero_kernel_weights'] / counts['kernel_weights'],
+      'realised_sparsity': 1.0 - sum(np.count_nonzero(k) for k in pruned) / sum(k.size for k in pruned),
       'nonzero_params': int(sparsity_lib.nonzero_count(params, masks)),
       'total_params': masking.count_params(params),
       **counts,
   }
+
+
+def _held_out_traces(pc, exp: build_lib.Experiment, meta_params, *, gate_mode: str,
+                     fixed_masks=None) -> dict[int, dict[str, np.ndarray]]:
+  """``{shots: {'loss'[, 'accuracy']: [eval.num_tasks, max(eval.steps) + 1]}}``: ``evaluation.held_out_traces``
+  (the first of ``eval.ways``), with the per-task accuracy beside the loss for classification."""
+  ways = (tuple(pc.eval.ways) or (None,))[0]
+  return {int(shots): evaluate_lib.learner_traces(
+      exp.eval_learner, meta_params, evaluation.held_out_tasks(pc, exp.problem, shots, ways),
+      settings=exp.eval_settings, gate_mode=gate_mode, chunk_size=int(pc.eval.chunk_size), fixed_masks=fixed_masks)
+          for shots in pc.eval.shots}
 
 
 def _point_masks(exp: build_lib.Experiment, meta_params, sparsity: float):
@@ -154,7 +174,8 @@ def _point_masks(exp: build_lib.Experiment, meta_params, sparsity: float):
   return jax.tree.map(lambda m: m[0], meta_pruner.task_masks(
       meta_params, jax.tree.map(lambda x: x[:1], tasks),
       meta_pruner.task_features_fn(exp.problem.embed_fn, embedding=embedding), target_sparsity=float(sparsity),
-      hc=exp.settings.hc, expand_units=exp.problem.expand_units, embedding=embedding))
+      hc=exp.settings.hc, expand_units=exp.problem.expand_units, embedding=embedding,
+      modulation_gain=float(exp.config.gates.meta_pruner_modulation_gain)))
 
 
 def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> dict:
@@ -177,21 +198,28 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
     state = baselines.run_baseline(method, exp, **({'on_search': searches.append} if method.startswith('rl')
                                                    else {}))
     meta_params, masks, fixed_masks, gate_mode = state.meta_params, state.masks, state.masks, 'off'
-  traces = evaluation.held_out_traces(pc, exp.problem, exp.eval_learner, exp.eval_settings, meta_params,
-                                      gate_mode=gate_mode, fixed_masks=fixed_masks)
+  traces = _held_out_traces(pc, exp, meta_params, gate_mode=gate_mode, fixed_masks=fixed_masks)
   steps = [0] + [int(k) for k in pc.eval.steps]
+
+  def per_task(name):
+    return {f'shots_{shots}': {f'step_{k}': [float(v) for v in t[name][:, k]] for k in steps}
+            for shots, t in traces.items()}
   record = {
       'name': name, 'method': method, 'target_sparsity': float(sparsity), 'seed': int(seed),
       'fingerprint': fingerprint(config), 'num_outer_steps': int(pc.outer.num_outer_steps),
-      **_sparsity_stats(meta_params['params'], masks),
+      **_sparsity_stats(exp, meta_params['params'], masks),
       'kept_per_layer': allocation.kept_per_layer(meta_params['params'], masks),
       **({} if task_sparsity is None else {'realised_sparsity': task_sparsity['mean'],
                                           'realised_sparsity_over_tasks': task_sparsity}),
       'wall_seconds': time.perf_counter() - t0,
-      'eval': evaluation.summarise_held_out(pc, traces),
-      'per_task': {f'shots_{shots}': {f'step_{k}': [float(v) for v in t[:, k]] for k in steps}
-                   for shots, t in traces.items()},
+      'eval': evaluation.summarise_held_out(pc, {shots: t['loss'] for shots, t in traces.items()}),
+      'per_task': per_task('loss'),
   }
+  if exp.problem.accuracy_fn is not None:  # Classification: the per-task query accuracy too.
+    eval_steps = [int(k) for k in pc.eval.steps]
+    record['eval_accuracy'] = {f'shots_{shots}': evaluate_lib.summarise_accuracy(t['accuracy'], eval_steps)
+                               for shots, t in traces.items()}
+    record['per_task_accuracy'] = per_task('accuracy')
   if train_summary is not None:
     record['train_run_eval'] = train_summary['eval']['dense' if method == 'dense' else 'sparse']
   points_dir = os.path.join(workdir, 'points')
@@ -222,7 +250,7 @@ def load_point(config, workdir: str, method: str, sparsity: float, seed: int) ->
 def _point_worker(config_dict: dict, method: str, sparsity: float, seed: int, workdir: str) -> dict:
   """Entry point of a worker process: returns a small summary (the record is on disk)."""
   record = run_point(ml_collections.ConfigDict(config_dict), method, sparsity, seed, workdir)
-  return {k: record[k] for k in ('name', 'wall_seconds', 'eval')}
+  return {k: record[k] for k in ('name', 'wall_seconds', 'eval', 'eval_accuracy') if k in record}
 
 
 # ---------------------------------------------------------------------------
@@ -265,10 +293,12 @@ def run_frontier(config: ml_collections.ConfigDict, workdir: str, *, workers: in
     ran.append(summary['name'])
     elapsed = time.perf_counter() - t0
     eta = elapsed / len(ran) * (len(todo) - len(ran))
-    first = next(iter(summary['eval'].values()))
+    metric = frontier_stats.metric(config)
+    first = next(iter(summary['eval_accuracy' if metric == 'accuracy' else 'eval'].values()))
     last_step = list(first)[-1]
-    logging.info('[%d/%d] %s: %s %.4f ± %.4f (%.0f s; ETA %.0f min)', len(ran), len(todo), summary['name'],
-                 last_step, first[last_step]['mean'], first[last_step]['ci95'], summary['wall_seconds'], eta / 60)
+    logging.info('[%d/%d] %s: %s %s %.4f ± %.4f (%.0f s; ETA %.0f min)', len(ran), len(todo), summary['name'],
+                 last_step, metric, first[last_step]['mean'], first[last_step]['ci95'], summary['wall_seconds'],
+                 eta / 60)
     records[point] = load_point(config, workdir, *point)
 
   def failed(point, error):
@@ -302,7 +332,6 @@ def run_frontier(config: ml_collections.ConfigDict, workdir: str, *, workers: in
 # Launcher.
 
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'configs')
-
 
 
 def _frontier_config_path(task: str) -> str:

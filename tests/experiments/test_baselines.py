@@ -1,5 +1,6 @@
 """Classic pruning inside MAML: fixed masks hold, SNIP scores the meta-loss, gradual pruning never retraces."""
 
+import os
 import types as pytypes
 
 import jax
@@ -11,11 +12,13 @@ from experiments import baselines
 from experiments import build
 from experiments import evaluation
 from experiments import problems
+from experiments.configs import omniglot_tiny
 from experiments.configs import smoke
 from metaprune_jax import types
 from metaprune_jax.masks import sparsity
 from metaprune_jax.meta import learners
 from metaprune_jax.meta.settings import InnerSettings
+from tests import shared_data
 from tests import test_utils
 
 
@@ -145,6 +148,35 @@ def test_held_out_evaluation_uses_the_tasks_of_experiment_evaluate():
   reference = exp.evaluate(state.meta_params)['dense']
   assert ours == reference
   assert exp.evaluate(masked.meta_params, fixed_masks=masked.masks)['sparse'] == reference  # All-ones masks.
+
+
+@pytest.mark.parametrize('method', ['magnitude_finetune', 'gradual_magnitude', 'snip', 'random', 'filter_finetune'])
+def test_omniglot_protonet_baselines_prune_the_conv_weights_and_keep_the_head(method):
+  if not os.path.isdir(shared_data.OMNIGLOT_DIR):
+    pytest.skip('shared Omniglot data missing')
+  config = omniglot_tiny.get_config()  # Conv-2 of width 8 on 16x16 images; gates.dense_layers=('head',).
+  config.task.data_dir = shared_data.OMNIGLOT_DIR
+  config.algorithm = 'protonet'
+  config.sparsity.target_sparsity = 0.75
+  config.pruning.prune_scope = 'layerwise'
+  config.pruning.prune_distribution = 'erk'
+  config.pruning.snip_num_tasks = 2
+  config.pruning.gradual_update_every_steps = 1
+  exp = baselines.dense_experiment(config)
+  state = baselines.run_baseline(method, exp)
+  assert int(state.step) == config.outer.num_outer_steps
+  masks, params = state.masks, state.meta_params['params']
+  assert np.all(np.asarray(masks['head']['kernel']) == 1.0)  # gates.dense_layers: never pruned.
+  conv = [np.asarray(params[name]['kernel']) for name in ('conv_0', 'conv_1')]
+  zeros = sum(int(np.sum(k == 0.0)) for k in conv)
+  test_utils.assert_close(zeros / sum(k.size for k in conv), 0.75, atol=0.01)
+  for name in ('conv_0', 'conv_1'):
+    assert np.all(np.asarray(params[name]['kernel'])[np.asarray(masks[name]['kernel']) == 0] == 0.0), name
+  if method == 'filter_finetune':  # Whole filters: 6 of 8 output channels of each conv layer.
+    kept = [int(np.sum(np.any(k.reshape(-1, k.shape[-1]) != 0, axis=0))) for k in conv]
+    assert kept == [2, 2]
+  accuracy = exp.evaluate(state.meta_params, fixed_masks=masks)['sparse/accuracy']['ways_3_shots_1']['step_0']
+  assert 0.0 <= accuracy['mean'] <= 1.0
 
 
 @pytest.mark.parametrize('algorithm', ['fomaml', 'reptile'])
