@@ -70,11 +70,17 @@ class RayOptions(NamedTuple):
   asha_reduction_factor: float = 4.0
 
 
+USAGE_STATS_ENV = 'RAY_USAGE_STATS_ENABLED'
+
+
 def connect(address: str) -> bool:
   """Joins the cluster at ``address`` (``auto``: the running one), or starts a local one when it is empty; nothing
   when this process is connected already. Returns whether it connected (the caller then shuts Ray down)."""
   if ray.is_initialized():
     return False
+  # Ray reports usage statistics to a remote server unless told not to; a sweep sends nothing off the machine
+  # unless the user opts in (RAY_USAGE_STATS_ENABLED=1).
+  os.environ.setdefault(USAGE_STATS_ENV, '0')
   runtime_env = {'env_vars': {'PYTHONPATH': sweep.ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}}
   if address:
     ray.init(address=address, runtime_env=runtime_env)

@@ -37,6 +37,8 @@ SAME_COLUMNS = ('name', 'seed', 'sparsity.target_sparsity', 'status', 'metric', 
 def ray_address():
   """A local Ray cluster for the module; its GCS address. Shut down (and its temp folder removed) at the end."""
   import ray  # pylint: disable=g-import-not-at-top
+  from experiments import sweep_ray  # pylint: disable=g-import-not-at-top
+  os.environ[sweep_ray.USAGE_STATS_ENV] = '0'  # No usage report leaves the machine (the sweeps inherit it).
   temp_dir = tempfile.mkdtemp(prefix='ray', dir='/tmp')  # Short: Ray's socket paths must fit in 107 characters.
   context = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
                      object_store_memory=100 * 1024 * 1024)
