@@ -63,18 +63,25 @@ def evaluate(config: ml_collections.ConfigDict, problem: problems.Problem, learn
   return results
 
 
-def held_out_traces(config: ml_collections.ConfigDict, problem: problems.Problem, learner: Learner,
-                    settings: InnerSettings, meta_params, *, gate_mode: str,
-                    fixed_masks=None) -> dict[int, np.ndarray]:
-  """Per-task query losses before and after each inner step on the held-out tasks of ``evaluate``.
-
-  Returns ``{shots: [eval.num_tasks, max(eval.steps) + 1]}`` for every ``eval.shots``
-  (classification: at the first of ``eval.ways``).
-  """
+def held_out_trace_dicts(config: ml_collections.ConfigDict, problem: problems.Problem, learner: Learner,
+                         settings: InnerSettings, meta_params, *, gate_mode: str,
+                         fixed_masks=None) -> dict[int, dict[str, np.ndarray]]:
+  """The learner's per-task traces on the held-out tasks of ``evaluate``: ``{shots: {'loss'[, 'accuracy']:
+  [eval.num_tasks, max(eval.steps) + 1]}}`` for every ``eval.shots`` (classification: at the first of
+  ``eval.ways``), before and after each inner step."""
   ways = (tuple(config.eval.ways) or (None,))[0]
   return {int(shots): evaluate_lib.learner_traces(
       learner, meta_params, held_out_tasks(config, problem, shots, ways), settings=settings, gate_mode=gate_mode,
-      chunk_size=int(config.eval.chunk_size), fixed_masks=fixed_masks)['loss'] for shots in config.eval.shots}
+      chunk_size=int(config.eval.chunk_size), fixed_masks=fixed_masks) for shots in config.eval.shots}
+
+
+def held_out_traces(config: ml_collections.ConfigDict, problem: problems.Problem, learner: Learner,
+                    settings: InnerSettings, meta_params, *, gate_mode: str,
+                    fixed_masks=None) -> dict[int, np.ndarray]:
+  """Per-task query losses of ``held_out_trace_dicts``: ``{shots: [eval.num_tasks, max(eval.steps) + 1]}``."""
+  traces = held_out_trace_dicts(config, problem, learner, settings, meta_params, gate_mode=gate_mode,
+                                fixed_masks=fixed_masks)
+  return {shots: t['loss'] for shots, t in traces.items()}
 
 
 def summarise_held_out(config: ml_collections.ConfigDict, traces: dict[int, np.ndarray]) -> dict:

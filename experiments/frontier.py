@@ -152,17 +152,6 @@ def _sparsity_stats(exp: build_lib.Experiment, params, masks) -> dict:
   }
 
 
-def _held_out_traces(pc, exp: build_lib.Experiment, meta_params, *, gate_mode: str,
-                     fixed_masks=None) -> dict[int, dict[str, np.ndarray]]:
-  """``{shots: {'loss'[, 'accuracy']: [eval.num_tasks, max(eval.steps) + 1]}}``: ``evaluation.held_out_traces``
-  (the first of ``eval.ways``), with the per-task accuracy beside the loss for classification."""
-  ways = (tuple(pc.eval.ways) or (None,))[0]
-  return {int(shots): evaluate_lib.learner_traces(
-      exp.eval_learner, meta_params, evaluation.held_out_tasks(pc, exp.problem, shots, ways),
-      settings=exp.eval_settings, gate_mode=gate_mode, chunk_size=int(pc.eval.chunk_size), fixed_masks=fixed_masks)
-          for shots in pc.eval.shots}
-
-
 def _point_masks(exp: build_lib.Experiment, meta_params, sparsity: float):
   """The mask a trained point's statistics describe: the shared gates', or held-out task 0's for the meta-pruner."""
   if exp.config.gates.mask == 'hard_concrete':
@@ -198,7 +187,8 @@ def run_point(config, method: str, sparsity: float, seed: int, workdir: str) -> 
     state = baselines.run_baseline(method, exp, **({'on_search': searches.append} if method.startswith('rl')
                                                    else {}))
     meta_params, masks, fixed_masks, gate_mode = state.meta_params, state.masks, state.masks, 'off'
-  traces = _held_out_traces(pc, exp, meta_params, gate_mode=gate_mode, fixed_masks=fixed_masks)
+  traces = evaluation.held_out_trace_dicts(pc, exp.problem, exp.eval_learner, exp.eval_settings, meta_params,
+                                          gate_mode=gate_mode, fixed_masks=fixed_masks)
   steps = [0] + [int(k) for k in pc.eval.steps]
 
   def per_task(name):

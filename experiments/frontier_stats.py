@@ -29,7 +29,6 @@ no task is left out).
 import math
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from experiments import baselines
 from metaprune_jax.meta import evaluate
@@ -61,18 +60,12 @@ def shot_step_keys(config) -> list[tuple[str, str]]:
 
 
 def t_interval(values) -> tuple[float, float, float]:
-  """``(mean, half-width, sd)`` of the 95% Student-t interval of the mean of ``values`` ``[n]``.
-
-  The half-width is ``t(0.975, n - 1) * sd / sqrt(n)`` (``sd`` with ``ddof=1``);
-  NaN for ``n < 2``.
-  """
+  """``(mean, half-width, sd)`` of the 95% Student-t interval of the mean of ``values`` ``[n]``
+  (``evaluate.t_interval_95``); NaN half-width and sd for ``n < 2``."""
   values = np.asarray(values, np.float64)
-  n = values.size
-  mean = float(np.mean(values)) if n else float('nan')
-  if n < 2:
-    return mean, float('nan'), float('nan')
-  sd = float(np.std(values, ddof=1))
-  return mean, float(scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)), sd
+  mean = float(np.mean(values)) if values.size else float('nan')
+  sd = float(np.std(values, ddof=1)) if values.size >= 2 else float('nan')
+  return mean, evaluate.t_interval_95(values), sd
 
 
 def _values(config, record: dict, shots: str, step: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -9,16 +9,15 @@ The run folder holds one stacked checkpoint; ``summary.json`` has each seed's su
 in ``eval``, the across-seed mean +- 95% t-interval over the per-seed means (``across_seeds``).
 """
 
-import math
 
 import jax
 import ml_collections
 import numpy as np
-import scipy.stats
 
 from experiments import build as build_lib
 from experiments import evaluation
 from metaprune_jax.meta import step as step_lib
+from metaprune_jax.meta.evaluate import t_interval_95
 
 # Fields of a per-task evaluation summary (``meta.evaluate.summarise``) that are averaged over seeds.
 _AVERAGED = ('mean', 'median', 'mean_all')
@@ -93,15 +92,6 @@ def mean_report(reports: list[dict]) -> dict:
       merged[key] = int(round(mean)) if isinstance(value, int) else mean
   merged['per_seed_realised_sparsity'] = [float(r['realised_sparsity']) for r in reports]
   return merged
-
-
-def t_interval_95(values) -> float:
-  """Half-width of the 95% t-interval of the mean of ``values`` (n - 1 degrees of freedom); NaN for n < 2."""
-  values = np.asarray(values, np.float64)
-  n = values.size
-  if n < 2 or not np.all(np.isfinite(values)):
-    return float('nan')
-  return float(scipy.stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
 
 
 def across_seeds(results: list[dict]) -> dict:

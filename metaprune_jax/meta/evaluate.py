@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+import scipy.stats
 
 from metaprune_jax import types
 from metaprune_jax.meta.learner import Learner
@@ -72,6 +73,16 @@ def confidence_interval_95(values: np.ndarray) -> float:
   if n < 2:
     return float('nan')
   return float(1.96 * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def t_interval_95(values) -> float:
+  """Half-width of the 95% Student-t interval of the mean of ``values`` ``[n]``: ``t(0.975, n - 1) * sd / sqrt(n)``
+  (``sd`` with ``ddof=1``), for a few independent replicates such as seeds; NaN for ``n < 2``."""
+  values = np.asarray(values, np.float64)
+  n = values.size
+  if n < 2:
+    return float('nan')
+  return float(scipy.stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
 
 
 def diverged(values: np.ndarray, before: np.ndarray | None = None, *, divergence_threshold: float = 1e3,
