@@ -46,11 +46,11 @@ def _train(config, workdir: str) -> None:
     train.run(config, workdir)
 
 
-def per_task(workdir: str) -> dict[int, np.ndarray]:
-  """``{shots: [tasks, steps + 1]}`` post-adaptation query losses of the sparse model on the held-out tasks."""
+def per_task(workdir: str) -> dict[int, dict[str, np.ndarray]]:
+  """``{shots: {'loss'[, 'accuracy']: [tasks, steps + 1]}}`` of the sparse model on the held-out tasks."""
   exp, state = build.load(workdir)
-  return evaluation.held_out_traces(exp.config, exp.problem, exp.eval_learner, exp.eval_settings,
-                                    state.meta_params, gate_mode='deterministic')
+  return evaluation.held_out_trace_dicts(exp.config, exp.problem, exp.eval_learner, exp.eval_settings,
+                                         state.meta_params, gate_mode='deterministic')
 
 
 def paired(plain: np.ndarray, distilled: np.ndarray) -> dict:
@@ -61,27 +61,31 @@ def paired(plain: np.ndarray, distilled: np.ndarray) -> dict:
           'separated': bool(abs(np.mean(diff)) > evaluate_lib.confidence_interval_95(diff))}
 
 
-def run(*, task: str, config_path: str, workdir: str, sparsities, seeds, weight: float, steps=None) -> dict:
+def run(*, task: str, config_path: str, workdir: str, sparsities, seeds, weight: float, steps=None,
+        overrides: dict | None = None) -> dict:
+  """Teacher and students per seed (``overrides``: dotted config fields set on every run), compared per task."""
+  common = {**(overrides or {}), **({'outer.num_outer_steps': steps} if steps else {})}
   results = {'task': task, 'config': config_path, 'weight': weight, 'seeds': list(seeds), 'comparisons': []}
   for seed in seeds:
     teacher = os.path.join(workdir, f'seed{seed}', 'teacher')
-    _train(_config(config_path, task, seed, {'gates.mask': 'none', **({'outer.num_outer_steps': steps}
-                                                                       if steps else {})}), teacher)
+    _train(_config(config_path, task, seed, {**common, 'gates.mask': 'none'}), teacher)
     for sparsity in sparsities:
       runs = {}
       for name, distill in (('plain', {}), ('distilled', {'distill.weight': weight, 'distill.teacher': teacher})):
         runs[name] = os.path.join(workdir, f'seed{seed}', f'{name}_{sparsity}')
-        overrides = {'gates.mask': 'hard_concrete', 'sparsity.target_sparsity': sparsity, **distill,
-                     **({'outer.num_outer_steps': steps} if steps else {})}
-        _train(_config(config_path, task, seed, overrides), runs[name])
+        student = {**common, 'gates.mask': 'hard_concrete', 'sparsity.target_sparsity': sparsity, **distill}
+        _train(_config(config_path, task, seed, student), runs[name])
       plain, distilled = per_task(runs['plain']), per_task(runs['distilled'])
       config = build.load(runs['plain'])[0].config
       for shots in plain:
-        for step in config.eval.steps:
-          results['comparisons'].append({
-              'seed': seed, 'sparsity': sparsity, 'shots': shots, 'inner_step': int(step),
-              'num_tasks': int(plain[shots].shape[0]), 'metric': 'query loss',
-              **paired(plain[shots][:, int(step)], distilled[shots][:, int(step)])})
+        for metric, name in (('loss', 'query loss'), ('accuracy', 'query accuracy')):
+          if metric not in plain[shots]:
+            continue
+          for step in config.eval.steps:
+            results['comparisons'].append({
+                'seed': seed, 'sparsity': sparsity, 'shots': shots, 'inner_step': int(step),
+                'num_tasks': int(plain[shots][metric].shape[0]), 'metric': name,
+                **paired(plain[shots][metric][:, int(step)], distilled[shots][metric][:, int(step)])})
   return results
 
 

@@ -27,6 +27,10 @@ pruned weight stays exactly zero. Every method takes exactly
 * ``rl_l0_fill``: as ``rl``, filling each layer's count by those gates' logits
   instead of the weights' magnitudes; ``erk_l0_fill`` and ``l0_l0_fill`` fill
   ERK's and the gates' own counts that way (the controls of the fill).
+* ``uniform_budget`` and ``erk_budget``: as ``magnitude_finetune``, with the
+  fixed rules' per-layer kept counts on ``pruning.budget`` (equal keep ratios,
+  or ERK's densities scaled to spend the budget; ``allocation.reference_allocations``):
+  at ``budget='flops'`` the rules the controller is measured against, on its budget.
 
 The state starts with all-ones masks (exactly the dense net), so one jitted step
 serves the dense phase and the pruned phase without recompiling.
@@ -338,15 +342,31 @@ def rl_l0_fill(exp: build_lib.Experiment, *, on_mask_update: MaskCallback | None
 
 def _fixed_allocation(exp: build_lib.Experiment, counts: str, fill: str, name: str,
                       on_mask_update: MaskCallback | None) -> meta_step.MetaState:
-  """``_prune_once`` to the per-layer kept counts of ``counts`` ('erk' or 'l0': ``allocation.l0_gates``), each
-  layer filled by the largest ``fill`` scores ('magnitude' or 'l0': the gates' logits)."""
+  """``_prune_once`` to the per-layer kept counts of ``counts`` ('uniform' or 'erk' on ``pruning.budget``:
+  ``allocation.reference_allocations``; 'l0': ``allocation.l0_gates``), each layer filled by the largest
+  ``fill`` scores ('magnitude' or 'l0': the gates' logits)."""
   gated = allocation.l0_gates(exp.config) if 'l0' in (counts, fill) else None
   scores = gated[1] if fill == 'l0' else None
 
   def make_masks(params):
-    kept = gated[0] if counts == 'l0' else allocation.erk_counts(exp.config, params)
+    if counts == 'l0':
+      kept = gated[0]
+    else:
+      kept = allocation.reference_allocations(exp.config, params, allocation.budget_for(exp.config, params))[counts]
     return allocation.allocation_masks(params, kept, scores)
   return _prune_once(exp, make_masks, name, on_mask_update)
+
+
+def uniform_budget(exp: build_lib.Experiment, *,
+                   on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
+  """As ``magnitude_finetune``, every prunable layer kept at one ratio chosen to spend ``pruning.budget``."""
+  return _fixed_allocation(exp, 'uniform', 'magnitude', 'uniform_budget', on_mask_update)
+
+
+def erk_budget(exp: build_lib.Experiment, *,
+               on_mask_update: MaskCallback | None = None) -> meta_step.MetaState:
+  """As ``magnitude_finetune``, each layer kept at ERK's density scaled to spend ``pruning.budget``."""
+  return _fixed_allocation(exp, 'erk', 'magnitude', 'erk_budget', on_mask_update)
 
 
 def l0_allocation(exp: build_lib.Experiment, *,
@@ -380,6 +400,8 @@ BASELINES: dict[str, Callable[..., meta_step.MetaState]] = {
     'rl_l0_fill': rl_l0_fill,
     'erk_l0_fill': erk_l0_fill,
     'l0_l0_fill': l0_l0_fill,
+    'uniform_budget': uniform_budget,
+    'erk_budget': erk_budget,
 }
 
 

@@ -317,6 +317,29 @@ def test_an_omniglot_search_keeps_the_flops_budget_and_records_the_reward(omnigl
   assert record['reward'] == 'accuracy' and len(record['history']['rewards']) == 2
 
 
+@pytest.mark.parametrize('method', ['uniform_budget', 'erk_budget'])
+def test_the_fixed_rules_as_baselines_spend_the_omniglot_flops_budget(omniglot_dense, method):
+  del omniglot_dense  # Only its skip when the shared data is missing.
+  config = _omniglot_config()
+  config.outer.num_outer_steps = 4
+  exp = baselines.dense_experiment(config)
+  seen = []
+  state = baselines.run_baseline(  # A copy of the masks: the step donates the state's buffers.
+      method, exp, on_mask_update=lambda step, masks: seen.append((step, jax.device_get(masks))))
+  assert [step for step, _ in seen] == [2] and int(state.step) == 4
+  params = state.meta_params['params']
+  budget = allocation.budget_for(config, params)
+  rule = method.split('_')[0]
+  counts = allocation.reference_allocations(config, params, budget)[rule]
+  kept = list(allocation.kept_per_layer(params, seen[0][1]).values())
+  assert kept == counts, (method, kept, counts)
+  spent = int(np.asarray(budget.costs) @ np.asarray(kept))
+  assert flops.conv4_flops(params, seen[0][1], image_size=16)['effective_flops'] == spent + 3 <= budget.total + 3
+  for layer in ('conv_0', 'conv_1'):  # Pruned weights stay exactly zero through the fine-tune.
+    kernel, mask = np.asarray(params[layer]['kernel']), np.asarray(seen[0][1][layer]['kernel'])
+    assert 0 < np.count_nonzero(mask) < mask.size and np.all(kernel[mask == 0] == 0.0), layer
+
+
 def test_the_allocation_report_reads_accuracies_higher_is_better(tmp_path):
   for method, accuracies in (('rl', [1.0, 0.8, 0.6]), ('magnitude_finetune', [0.8, 0.6, 0.6])):
     _point(str(tmp_path), method, [1.0, 1.0, 1.0])

@@ -54,9 +54,10 @@ def test_pruned_weights_stay_exactly_zero_and_the_rest_trains(method):
   assert int(state.step) == config.outer.num_outer_steps  # Equal budget.
   expected_updates = {'magnitude_finetune': [6], 'filter_finetune': [6], 'iterative_magnitude': [6, 8, 10],
                       'snip': [0], 'random': [0], 'gradual_magnitude': [3, 5, 7, 9], 'rl': [6], 'l0': [6],
-                      'rl_l0_fill': [6], 'erk_l0_fill': [6], 'l0_l0_fill': [6]}
+                      'rl_l0_fill': [6], 'erk_l0_fill': [6], 'l0_l0_fill': [6],
+                      'uniform_budget': [6], 'erk_budget': [6]}
   assert updates == expected_updates[method]  # *_finetune: after half the budget (dense phase).
-  if method not in ('filter_finetune', 'erk_l0_fill'):  # Unstructured: exactly the target (ERK: up to rounding).
+  if method not in ('filter_finetune', 'erk_l0_fill', 'erk_budget'):  # Unstructured: exactly the target (ERK: up to rounding).
     num_kernel = 8 + 64 + 8
     test_utils.assert_equal(float(sparsity.mask_sparsity(state.masks)),
                             np.float32(np.floor(0.7 * num_kernel + 0.5) / num_kernel))
