@@ -190,7 +190,8 @@ def gates_for(config, problem: problems.Problem) -> gate_source.GateSource:
   if mask == 'none':
     return gate_source.no_gates()
   if mask == 'hard_concrete':
-    return gate_source.shared_gates(hc, target_sparsity=target, expand_units=problem.expand_units)
+    return gate_source.shared_gates(hc, target_sparsity=target, expand_units=problem.expand_units,
+                                    count=config.sparsity.get('count', 'weights'))
   embedding = config.gates.meta_pruner_embedding
   return meta_pruner.meta_pruner_gates(meta_pruner.task_features_fn(problem.embed_fn, embedding=embedding), hc,
                                        target_sparsity=target, expand_units=problem.expand_units, embedding=embedding,

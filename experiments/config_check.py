@@ -47,6 +47,7 @@ INERT_VALUES = {
     'outer.reptile_step_size': 1.0,          # Read only with reptile_update='interpolate'.
     'outer.reptile_step_size_final': 0.0,
     'gates.meta_pruner_modulation_gain': 1.0,
+    'sparsity.count': 'weights',
 }
 
 

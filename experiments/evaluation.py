@@ -99,7 +99,8 @@ def _gated_counters(params, gate_logits, hc, expand_units):
 
 
 def sparsity_report(meta_params, hc: hard_concrete.HardConcrete, *, expand_units=None) -> dict:
-  """Expected / realised sparsity and parameter counts of the deterministic sparse model."""
+  """Expected / realised sparsity (of the gated weights) and parameter counts of the deterministic sparse model;
+  ``gate_sparsity``: the fraction of gates closed, ``hidden_unit_sparsity`` for RNN hidden-unit gates instead."""
   params, gate_logits = meta_params['params'], meta_params.get('gate_logits')
   total = masking.count_params(params)
   if gate_logits is None:
@@ -115,4 +116,6 @@ def sparsity_report(meta_params, hc: hard_concrete.HardConcrete, *, expand_units
   }
   if (unit_sparsity := sparsity_lib.unit_sparsity(gate_logits, hc)) is not None:  # RNN hidden-unit gates.
     report['hidden_unit_sparsity'] = unit_sparsity
+  else:  # The fraction of gates closed (sparsity.count='gates'): with out_unit gates, of the channels / neurons.
+    report['gate_sparsity'] = float(sparsity_lib.realised_sparsity(params, gate_logits, hc, count='gates'))
   return report

@@ -19,6 +19,7 @@ from experiments import problems
 from experiments.config_check import require
 from metaprune_jax.masks import hard_concrete
 from metaprune_jax.masks import l0_objective
+from metaprune_jax.masks import sparsity as sparsity_lib
 from metaprune_jax.meta import guards
 from metaprune_jax.meta import learners
 from metaprune_jax.meta import meta_pruner
@@ -113,6 +114,12 @@ def validate_gates_and_sparsity(config: ml_collections.ConfigDict) -> None:
   _positive_counts(gates, 'gates', ('meta_pruner_embed_dim',))
   require(gates.meta_pruner_embedding in meta_pruner.EMBEDDINGS, 'gates.meta_pruner_embedding',
           gates.meta_pruner_embedding, f'use one of {meta_pruner.EMBEDDINGS}')
+  count = sparsity.get('count', 'weights')  # A task registered without a config file may lack the field.
+  require(count in sparsity_lib.COUNTS, 'sparsity.count', count, f'use one of {sparsity_lib.COUNTS}')
+  require(count == 'weights' or gates.mask != 'meta_pruner', 'sparsity.count', count,
+          "the meta-pruner counts weights; use --config.sparsity.count=weights or --config.gates.mask=hard_concrete")
+  require(count == 'weights' or gates.granularity != 'hidden_unit', 'sparsity.count', count,
+          "hidden-unit gates remove overlapping weights and are counted by weight; use --config.sparsity.count=weights")
   require(0.0 <= sparsity.harden_at_fraction < 1.0, 'sparsity.harden_at_fraction', sparsity.harden_at_fraction,
           'must be in [0, 1) (0 disables hardening)')
 

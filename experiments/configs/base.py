@@ -87,6 +87,9 @@ def sparsity(**overrides) -> ml_collections.ConfigDict:
   return section(dict(
       sparsity_mode='target',      # 'target' (dual ascent), 'penalty' or 'budget'.
       target_sparsity=0.9,
+      # What a sparsity counts: 'weights' (every weight a gate switches) or 'gates' (each gate once: with
+      # gates.granularity='out_unit', the fraction of neurons / conv channels removed; masks/sparsity.py).
+      count='weights',
       sparsity_penalty=0.0,        # lambda of 'penalty' mode.
       loss_budget=0.5,             # epsilon of 'budget' mode (L <= epsilon).
       dual_lr=0.1,                 # 'target' mode: step size of the multiplier's ascent.

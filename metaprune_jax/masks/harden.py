@@ -58,7 +58,7 @@ def _lowest_up_to(values: jax.Array, sizes: jax.Array, need: int) -> jax.Array:
 
 def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity: float, *,
            open_logit: float = 20.0, closed_logit: float = -20.0,
-           expand_units: sparsity.ExpandUnits | None = None) -> types.GateLogits:
+           expand_units: sparsity.ExpandUnits | None = None, count: str = 'weights') -> types.GateLogits:
   """Gate logits that prune exactly the lowest-``log_alpha`` gates up to ``target_sparsity``.
 
   Gates are ranked by ``log_alpha`` across every gated leaf (one global
@@ -93,12 +93,16 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
     closed_logit: logit of the gates pruned.
     expand_units: hidden-unit expansion (``sparsity`` module docstring); needed
       iff ``gate_logits`` gate a ``UNIT_SCALE`` leaf.
+    count: what ``target_sparsity`` is a fraction of: ``'weights'`` (above) or
+      ``'gates'`` (each gate counts 1: e.g. a fraction of the channels).
 
   Returns:
     A gate-logit tree of the same structure.
   """
   leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=_is_none)
-  group_sizes = jax.tree.leaves(masking.map_gated(lambda p, la: p.size // la.size, params, gate_logits))
+  sparsity.check_count(count, gate_logits, expand_units)
+  group_sizes = jax.tree.leaves(masking.map_gated(
+      lambda p, la: 1 if count == 'gates' else p.size // la.size, params, gate_logits))
   gated = [leaf for leaf in leaves if leaf is not None]
   if not gated:
     return gate_logits
@@ -106,7 +110,7 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
   sizes = jnp.concatenate([jnp.full(leaf.size, size, jnp.int32) for leaf, size in zip(gated, group_sizes)])
   # The kept gate of each leaf ranks above every other gate: it is never closed.
   ranked = jnp.where(jnp.concatenate([_is_top_of_leaf(leaf) for leaf in gated]), jnp.inf, flat)
-  num_weights = sparsity.num_gated_weights(params, gate_logits, expand_units=expand_units)
+  num_weights = sparsity.num_gated_weights(params, gate_logits, expand_units=expand_units, count=count)
   need = math.ceil(target_sparsity * num_weights - 1e-9)
   if sparsity.couples_units(gate_logits, expand_units):
     prune = _coupled_prune(params, leaves, treedef, jnp.argsort(ranked, stable=True), need, expand_units,

@@ -22,6 +22,15 @@ gate touching it are nonzero (independent gates, so probabilities multiply), and
 the gated weights are every weight any gate touches. A gate tree with a gated
 ``UNIT_SCALE`` leaf and ``expand_units=None`` is an error (the count would miss
 what the unit gates remove); trees without unit gates ignore ``expand_units``.
+
+**What a sparsity counts** (``count``, one of ``COUNTS``): ``'weights'`` (the
+default) counts every weight a gate switches, so a filter gate of a 3x3 conv with
+64 inputs weighs 576 and one of the first block (one input channel) 9;
+``'gates'`` counts each gate once, so with ``'out_unit'`` gates a sparsity is the
+fraction of neurons / channels removed whatever their size. What a channel
+costs at inference is closer to the second on memory-bound layers (an early conv
+block's activations are large and its filters small: ``benchmarks/channel_latency.py``).
+``'gates'`` is for uncoupled gates (no ``UNIT_SCALE`` leaf).
 """
 
 import math
@@ -42,9 +51,21 @@ def _is_none(x) -> bool:
   return x is None
 
 
-def _group_size(param: jax.Array, gate: jax.Array) -> int:
-  """How many weights of ``param`` one entry of ``gate`` switches."""
-  return param.size // gate.size
+COUNTS = ('weights', 'gates')
+
+
+def _group_size(param: jax.Array, gate: jax.Array, count: str = 'weights') -> int:
+  """What one entry of ``gate`` counts for: the weights of ``param`` it switches, or 1 (``count='gates'``)."""
+  return 1 if count == 'gates' else param.size // gate.size
+
+
+def check_count(count: str, gates, expand_units: ExpandUnits | None) -> None:
+  """Raises ``ValueError`` for an unknown ``count`` or ``'gates'`` on a tree with hidden-unit gates."""
+  if count not in COUNTS:
+    raise ValueError(f'count={count!r} is unknown; use one of {COUNTS} (--config.sparsity.count).')
+  if count == 'gates' and _has_unit_gates(gates):
+    raise ValueError(f"count='gates' counts uncoupled gates; these gates gate a {hard_concrete.UNIT_SCALE!r} leaf "
+                     "(hidden-unit gates remove overlapping weights): use count='weights' (--config.sparsity.count).")
 
 
 def _has_unit_gates(gates) -> bool:
@@ -120,34 +141,42 @@ def unit_sparsity(gate_logits: types.GateLogits,
 
 def expected_l0(params: types.Params, gate_logits: types.GateLogits,
                 hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
-                expand_units: ExpandUnits | None = None) -> dict[str, jax.Array]:
-  """Closed-form expected number of nonzero gated weights.
+                expand_units: ExpandUnits | None = None, count: str = 'weights') -> dict[str, jax.Array]:
+  """Closed-form expected number of nonzero gated weights (``count='gates'``: of open gates).
 
   Args:
     params: parameter pytree.
     gate_logits: ``log_alpha`` tree mirroring ``params``.
     hc: hard-concrete constants.
     expand_units: hidden-unit expansion (module docstring); needed iff unit gates are present.
+    count: ``'weights'`` or ``'gates'`` (module docstring).
 
   Returns:
     ``{'per_leaf': tree mirroring gate_logits (scalars), 'total': scalar}``; a
     structured gate counts every weight it switches. With hidden-unit gates,
     ``per_leaf`` mirrors ``params`` instead (every weight some gate touches).
   """
+  check_count(count, gate_logits, expand_units)
   if couples_units(gate_logits, expand_units):
     keep = _keep_tree(params, jax.tree.map(lambda la: hard_concrete.prob_nonzero(la, hc), gate_logits),
                       expand_units)
     per_leaf = jax.tree.map(jnp.sum, keep)
     return {'per_leaf': per_leaf, 'total': sum(jax.tree.leaves(per_leaf), jnp.zeros((), jnp.float32))}
   per_leaf = masking.map_gated(
-      lambda p, la: jnp.sum(hard_concrete.prob_nonzero(la, hc)) * _group_size(p, la), params, gate_logits)
+      lambda p, la: jnp.sum(hard_concrete.prob_nonzero(la, hc)) * _group_size(p, la, count), params, gate_logits)
   total = sum(jax.tree.leaves(per_leaf), jnp.zeros((), jnp.float32))
   return {'per_leaf': per_leaf, 'total': total}
 
 
 def num_gated_weights(params: types.Params, gate_logits: types.GateLogits, *,
-                      expand_units: ExpandUnits | None = None) -> int:
-  """Number of weights under a gate (a static Python int); with unit gates, every weight one touches."""
+                      expand_units: ExpandUnits | None = None, count: str = 'weights') -> int:
+  """Number of weights under a gate (a static Python int); with unit gates, every weight one touches.
+
+  ``count='gates'``: the number of gates instead.
+  """
+  check_count(count, gate_logits, expand_units)
+  if count == 'gates':
+    return sum(int(math.prod(la.shape)) for la in jax.tree.leaves(gate_logits))
   if couples_units(gate_logits, expand_units):
     keep = jax.eval_shape(lambda p, g: _keep_tree(p, g, expand_units), params,
                           jax.tree.map(lambda la: jnp.zeros(la.shape), gate_logits))
@@ -157,12 +186,12 @@ def num_gated_weights(params: types.Params, gate_logits: types.GateLogits, *,
 
 def expected_density(params: types.Params, gate_logits: types.GateLogits,
                      hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
-                     expand_units: ExpandUnits | None = None) -> jax.Array:
-  """Expected fraction of gated weights that are nonzero (1 - expected sparsity); a float32 scalar."""
-  total = num_gated_weights(params, gate_logits, expand_units=expand_units)
+                     expand_units: ExpandUnits | None = None, count: str = 'weights') -> jax.Array:
+  """Expected fraction of gated weights (``count='gates'``: of gates) that are nonzero; a float32 scalar."""
+  total = num_gated_weights(params, gate_logits, expand_units=expand_units, count=count)
   if total == 0:
     return jnp.ones((), jnp.float32)
-  return expected_l0(params, gate_logits, hc, expand_units=expand_units)['total'] / total
+  return expected_l0(params, gate_logits, hc, expand_units=expand_units, count=count)['total'] / total
 
 
 def pruned_per_leaf(params: types.Params, gates: types.Masks, *,
@@ -196,15 +225,15 @@ def num_pruned(params: types.Params, gates: types.Masks, *,
 
 def realised_sparsity(params: types.Params, gate_logits: types.GateLogits,
                       hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
-                      expand_units: ExpandUnits | None = None) -> jax.Array:
-  """Fraction of gated weights whose deterministic gate is exactly 0; a float32 scalar."""
-  total = num_gated_weights(params, gate_logits, expand_units=expand_units)
+                      expand_units: ExpandUnits | None = None, count: str = 'weights') -> jax.Array:
+  """Fraction of gated weights (``count='gates'``: of gates) whose deterministic gate is exactly 0; float32."""
+  total = num_gated_weights(params, gate_logits, expand_units=expand_units, count=count)
   if total == 0:
     return jnp.zeros((), jnp.float32)
   gates = hard_concrete.deterministic_gates(gate_logits, hc)
   if couples_units(gate_logits, expand_units):
     return num_pruned(params, gates, expand_units=expand_units) / total
-  zeros = masking.map_gated(lambda p, z: jnp.sum(z == 0.0) * _group_size(p, z), params, gates)
+  zeros = masking.map_gated(lambda p, z: jnp.sum(z == 0.0) * _group_size(p, z, count), params, gates)
   return sum(jax.tree.leaves(zeros), jnp.zeros((), jnp.float32)) / total
 
 

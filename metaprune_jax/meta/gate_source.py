@@ -56,24 +56,27 @@ def no_gates() -> GateSource:
 
 
 def shared_gates(hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
-                 target_sparsity: float | None = None, expand_units: Callable | None = None) -> GateSource:
+                 target_sparsity: float | None = None, expand_units: Callable | None = None,
+                 count: str = 'weights') -> GateSource:
   """One hard-concrete gate tree, ``meta_params['gate_logits']``, shared by every task.
 
   Args:
     hc: hard-concrete constants.
     target_sparsity: the sparsity ``harden`` sets exactly (None: no hardening).
     expand_units: the net's hidden-unit coupling (``masks.sparsity``), or None.
+    count: what the density and ``target_sparsity`` count, ``'weights'`` or ``'gates'`` (``masks.sparsity``).
   """
   def expected_density(meta_params, tasks, hardened: bool):
     del tasks, hardened
     return sparsity.expected_density(meta_params['params'], meta_params['gate_logits'], hc,
-                                     expand_units=expand_units)
+                                     expand_units=expand_units, count=count)
 
   def harden(meta_params):
     if target_sparsity is None:
       return meta_params
     return {**meta_params, 'gate_logits': harden_lib.harden(meta_params['params'], meta_params['gate_logits'],
-                                                            target_sparsity, expand_units=expand_units)}
+                                                            target_sparsity, expand_units=expand_units,
+                                                            count=count)}
 
   return GateSource('hard_concrete', ('gate_logits',), _same_learner, expected_density, harden)
 

@@ -71,6 +71,32 @@ def test_gate_source_follows_the_mask(mask):
   assert exp.harden_step == (None if mask == 'none' else round(0.8 * 30))
 
 
+def test_counting_gates_hardens_the_conv4_to_that_fraction_of_its_channels():
+  config = omniglot_tiny.get_config()  # Conv-2 of width 8 on 16x16 images: 8 filters of 9 and 8 of 72 weights.
+  config.task.data_dir = shared_data.OMNIGLOT_DIR
+  config.task.cache_dir = ''
+  config.algorithm = 'protonet'
+  config.gates.mask = 'hard_concrete'
+  config.gates.granularity = 'out_unit'
+  config.sparsity.count = 'gates'
+  config.sparsity.target_sparsity = 0.5
+  exp = build.build(config)
+  state = exp.init_state()
+  logits = state.meta_params['gate_logits']  # Low logits in the small first block: gates pick it first.
+  logits['conv_0']['kernel'] = logits['conv_0']['kernel'] - jax.numpy.arange(8.0)
+  hardened = exp.gates.harden({**state.meta_params, 'gate_logits': logits})
+  report = exp.sparsity_report(hardened)
+  assert report['gate_sparsity'] == 0.5  # 8 of the 16 channels closed ...
+  closed = jax.tree.map(lambda g: int((g < 0).sum()), hardened['gate_logits'])
+  assert closed['conv_0']['kernel'] == 7 and closed['conv_1']['kernel'] == 1  # ... 7 + 1 of them, lowest first,
+  test_utils.assert_close(report['realised_sparsity'], (7 * 9 + 1 * 72) / (8 * 9 + 8 * 72))  # far below 50% of weights.
+  for mask, granularity in (('meta_pruner', 'out_unit'), ('hard_concrete', 'hidden_unit')):
+    bad = ml_collections.ConfigDict(config.to_dict())
+    bad.gates.mask, bad.gates.granularity = mask, granularity
+    with pytest.raises(ValueError, match='--config.sparsity.count'):
+      build.check(bad)
+
+
 @pytest.mark.parametrize('path,value,match', [
     ('outer.outer_lr', float('inf'), '--config.outer.outer_lr=inf is invalid: must be a finite number > 0'),
     ('eval.divergence_ratio', 1, '--config.eval.divergence_ratio=1.0 is invalid: must be > 1'),  # A float field.
@@ -78,6 +104,7 @@ def test_gate_source_follows_the_mask(mask):
     ('pruning.prune_distribution', 'erk', "--config.pruning.prune_distribution='erk' is invalid"),
     ('sparsity.target_sparsity', 1.0, '--config.sparsity.target_sparsity'),
     ('algorithm', 'maml2', "--config.algorithm='maml2' is invalid: use one of"),
+    ('sparsity.count', 'channels', "--config.sparsity.count='channels' is invalid: use one of"),
 ])
 def test_check_names_the_dotted_field(path, value, match):
   config = smoke.get_config()

@@ -135,3 +135,17 @@ def test_coupled_harden_prunes_the_fewest_gates_that_reach_the_target(granularit
   assert float(sparsity.realised_sparsity(params, fewer, HC, expand_units=EXPAND)) < target
   # Closed gates are exactly the lowest logits.
   assert np.max(np.asarray(flat_logits)[closed]) <= np.min(np.delete(np.asarray(flat_logits), closed))
+
+
+@pytest.mark.parametrize('target', [0.3, 0.5, 0.75])
+def test_harden_counting_gates_closes_that_fraction_of_the_gates_lowest_first(target):
+  params = trees.mlp_params()  # out_unit gates: 5 of 3 weights (Dense_0), 2 of 5 weights (Dense_1).
+  logits = {'Dense_0': {'kernel': jnp.array([0.5, -1.0, 2.0, -3.0, 1.0]), 'bias': None},
+            'Dense_1': {'kernel': jnp.array([-2.0, 3.0]), 'bias': None}}
+  hard = harden.harden(params, logits, target, count='gates')
+  closed = np.concatenate([np.ravel(x) for x in jax.tree.leaves(hard)]) < 0
+  need = min(int(np.ceil(target * 7 - 1e-9)), 5)  # Gates, not weights: 7 in all, one per leaf stays open.
+  assert closed.sum() == need
+  order = [3, 5, 1, 0, 4]  # Ascending logits, each leaf's highest (2.0, 3.0) never closed.
+  np.testing.assert_array_equal(np.flatnonzero(closed), np.sort(order[:need]))
+  test_utils.assert_close(sparsity.realised_sparsity(params, hard, HC, count='gates'), need / 7)

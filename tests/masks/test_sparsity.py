@@ -45,6 +45,36 @@ def test_realised_sparsity_and_nonzero_params():
   assert int(sparsity.nonzero_params(params, gates, HC)) == 25 - 6 + 7
 
 
+def test_counting_gates_weighs_every_gate_once_whatever_it_switches():
+  params = trees.mlp_params()  # out_unit gates: 5 units of 3 weights, 2 units of 5 weights.
+  gates = jax.tree.map(lambda g: jax.random.normal(jax.random.key(g.size), g.shape) * 2.0,
+                       hard_concrete.init_gate_logits(params, 'out_unit'))
+  probs = np.concatenate([np.ravel(hard_concrete.prob_nonzero(g, HC)) for g in jax.tree.leaves(gates)])
+  assert sparsity.num_gated_weights(params, gates, count='gates') == 7
+  test_utils.assert_close(sparsity.expected_l0(params, gates, HC, count='gates')['total'], probs.sum(), rtol=1e-6)
+  test_utils.assert_close(sparsity.expected_density(params, gates, HC, count='gates'), probs.mean(), rtol=1e-6)
+  weighted = (3 * probs[:5].sum() + 5 * probs[5:].sum()) / 25  # The same gates counted by weight.
+  test_utils.assert_close(sparsity.expected_density(params, gates, HC), weighted, rtol=1e-6)
+  samples = jax.vmap(lambda k: hard_concrete.sample_gates(gates, k, HC))(jax.random.split(jax.random.key(1), 20_000))
+  mc = np.mean(np.concatenate([np.asarray(s != 0.0).reshape(20_000, -1) for s in jax.tree.leaves(samples)], 1))
+  test_utils.assert_close(sparsity.expected_density(params, gates, HC, count='gates'), mc, rtol=1e-2)
+  closed = {'Dense_0': {'kernel': gates['Dense_0']['kernel'].at[:2].set(-10.0).at[2:].set(10.0), 'bias': None},
+            'Dense_1': {'kernel': jnp.array([-10.0, 10.0]), 'bias': None}}
+  test_utils.assert_close(sparsity.realised_sparsity(params, closed, HC, count='gates'), 3 / 7)
+  test_utils.assert_close(sparsity.realised_sparsity(params, closed, HC), (2 * 3 + 5) / 25)
+
+
+def test_counting_gates_refuses_unknown_counts_and_hidden_unit_gates():
+  params = trees.mlp_params()
+  gates = hard_concrete.init_gate_logits(params, 'out_unit')
+  with pytest.raises(ValueError, match='sparsity.count'):
+    sparsity.expected_density(params, gates, HC, count='channels')
+  rnn_params = trees.rnn_params('gru')
+  logits = hard_concrete.init_gate_logits(rnn_params, hard_concrete.default_granularity('hidden_unit'))
+  with pytest.raises(ValueError, match="count='weights'"):
+    sparsity.expected_density(rnn_params, logits, HC, expand_units=EXPAND, count='gates')
+
+
 @pytest.mark.parametrize('granularity', ['hidden_unit', 'weight+hidden_unit'])
 def test_coupled_expected_l0_matches_monte_carlo(granularity):
   params = trees.rnn_params('gru')
