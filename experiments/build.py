@@ -191,7 +191,8 @@ def gates_for(config, problem: problems.Problem) -> gate_source.GateSource:
     return gate_source.no_gates()
   if mask == 'hard_concrete':
     return gate_source.shared_gates(hc, target_sparsity=target, expand_units=problem.expand_units,
-                                    count=config.sparsity.get('count', 'weights'))
+                                    count=config.sparsity.get('count', 'weights'),
+                                    harden_scope=config.sparsity.get('harden_scope', 'global'))
   embedding = config.gates.meta_pruner_embedding
   return meta_pruner.meta_pruner_gates(meta_pruner.task_features_fn(problem.embed_fn, embedding=embedding), hc,
                                        target_sparsity=target, expand_units=problem.expand_units, embedding=embedding,

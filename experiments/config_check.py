@@ -48,6 +48,7 @@ INERT_VALUES = {
     'outer.reptile_step_size_final': 0.0,
     'gates.meta_pruner_modulation_gain': 1.0,
     'sparsity.count': 'weights',
+    'sparsity.harden_scope': 'global',
 }
 
 

@@ -18,6 +18,7 @@ from experiments import config_check
 from experiments import problems
 from experiments.config_check import require
 from metaprune_jax.masks import hard_concrete
+from metaprune_jax.masks import harden as harden_lib
 from metaprune_jax.masks import l0_objective
 from metaprune_jax.masks import sparsity as sparsity_lib
 from metaprune_jax.meta import guards
@@ -118,8 +119,13 @@ def validate_gates_and_sparsity(config: ml_collections.ConfigDict) -> None:
   require(count in sparsity_lib.COUNTS, 'sparsity.count', count, f'use one of {sparsity_lib.COUNTS}')
   require(count == 'weights' or gates.mask != 'meta_pruner', 'sparsity.count', count,
           "the meta-pruner counts weights; use --config.sparsity.count=weights or --config.gates.mask=hard_concrete")
-  require(count == 'weights' or gates.granularity != 'hidden_unit', 'sparsity.count', count,
+  require(count == 'weights' or 'hidden_unit' not in gates.granularity, 'sparsity.count', count,
           "hidden-unit gates remove overlapping weights and are counted by weight; use --config.sparsity.count=weights")
+  scope = sparsity.get('harden_scope', 'global')
+  require(scope in harden_lib.SCOPES, 'sparsity.harden_scope', scope, f'use one of {harden_lib.SCOPES}')
+  require(scope == 'global' or (gates.mask != 'meta_pruner' and 'hidden_unit' not in gates.granularity),
+          'sparsity.harden_scope', scope, "layerwise hardening is for shared gates without hidden-unit gates; use "
+          "--config.sparsity.harden_scope=global")
   require(0.0 <= sparsity.harden_at_fraction < 1.0, 'sparsity.harden_at_fraction', sparsity.harden_at_fraction,
           'must be in [0, 1) (0 disables hardening)')
 

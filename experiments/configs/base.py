@@ -98,6 +98,8 @@ def sparsity(**overrides) -> ml_collections.ConfigDict:
       # 'target' mode, prune -> fine-tune: at this fraction of the run the gates are hardened to exactly
       # target_sparsity and frozen; the rest fine-tunes the weights. 0 disables.
       harden_at_fraction=0.8,
+      # Hardening: 'global' (one threshold over every gated layer) or 'layerwise' (each layer to target_sparsity).
+      harden_scope='global',
       init_multiplier=0.0,         # Initial Lagrange multiplier.
   ), overrides, 'sparsity')
 

@@ -19,6 +19,8 @@ from metaprune_jax.masks import masking
 from metaprune_jax.masks import sparsity
 
 
+SCOPES = ('global', 'layerwise')  # One threshold across the gated leaves, or one per leaf.
+
 def _is_none(x) -> bool:
   return x is None
 
@@ -58,7 +60,8 @@ def _lowest_up_to(values: jax.Array, sizes: jax.Array, need: int) -> jax.Array:
 
 def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity: float, *,
            open_logit: float = 20.0, closed_logit: float = -20.0,
-           expand_units: sparsity.ExpandUnits | None = None, count: str = 'weights') -> types.GateLogits:
+           expand_units: sparsity.ExpandUnits | None = None, count: str = 'weights',
+           scope: str = 'global') -> types.GateLogits:
   """Gate logits that prune exactly the lowest-``log_alpha`` gates up to ``target_sparsity``.
 
   Gates are ranked by ``log_alpha`` across every gated leaf (one global
@@ -95,12 +98,26 @@ def harden(params: types.Params, gate_logits: types.GateLogits, target_sparsity:
       iff ``gate_logits`` gate a ``UNIT_SCALE`` leaf.
     count: what ``target_sparsity`` is a fraction of: ``'weights'`` (above) or
       ``'gates'`` (each gate counts 1: e.g. a fraction of the channels).
+    scope: ``'global'`` (one threshold across leaves, above) or ``'layerwise'``:
+      every gated leaf hardened on its own to ``target_sparsity`` (its lowest
+      logits closed, one gate kept), so with one gate per channel every layer
+      keeps the same share of its channels; for uncoupled gates only.
 
   Returns:
     A gate-logit tree of the same structure.
   """
   leaves, treedef = jax.tree.flatten(gate_logits, is_leaf=_is_none)
   sparsity.check_count(count, gate_logits, expand_units)
+  if scope not in SCOPES:
+    raise ValueError(f'scope={scope!r} is unknown; use one of {SCOPES} (--config.sparsity.harden_scope).')
+  if scope == 'layerwise':
+    if sparsity.couples_units(gate_logits, expand_units):
+      raise ValueError("scope='layerwise' hardens each leaf on its own; hidden-unit gates couple leaves: use "
+                       "scope='global' (--config.sparsity.harden_scope).")
+    return jax.tree.map(
+        lambda la, p: None if la is None else harden(
+            {'leaf': p}, {'leaf': la}, target_sparsity, open_logit=open_logit, closed_logit=closed_logit,
+            count=count)['leaf'], gate_logits, params, is_leaf=_is_none)
   group_sizes = jax.tree.leaves(masking.map_gated(
       lambda p, la: 1 if count == 'gates' else p.size // la.size, params, gate_logits))
   gated = [leaf for leaf in leaves if leaf is not None]

@@ -57,7 +57,7 @@ def no_gates() -> GateSource:
 
 def shared_gates(hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), *,
                  target_sparsity: float | None = None, expand_units: Callable | None = None,
-                 count: str = 'weights') -> GateSource:
+                 count: str = 'weights', harden_scope: str = 'global') -> GateSource:
   """One hard-concrete gate tree, ``meta_params['gate_logits']``, shared by every task.
 
   Args:
@@ -65,6 +65,7 @@ def shared_gates(hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), 
     target_sparsity: the sparsity ``harden`` sets exactly (None: no hardening).
     expand_units: the net's hidden-unit coupling (``masks.sparsity``), or None.
     count: what the density and ``target_sparsity`` count, ``'weights'`` or ``'gates'`` (``masks.sparsity``).
+    harden_scope: ``'global'`` or ``'layerwise'`` (``masks.harden``).
   """
   def expected_density(meta_params, tasks, hardened: bool):
     del tasks, hardened
@@ -76,7 +77,7 @@ def shared_gates(hc: hard_concrete.HardConcrete = hard_concrete.HardConcrete(), 
       return meta_params
     return {**meta_params, 'gate_logits': harden_lib.harden(meta_params['params'], meta_params['gate_logits'],
                                                             target_sparsity, expand_units=expand_units,
-                                                            count=count)}
+                                                            count=count, scope=harden_scope)}
 
   return GateSource('hard_concrete', ('gate_logits',), _same_learner, expected_density, harden)
 

@@ -90,11 +90,18 @@ def test_counting_gates_hardens_the_conv4_to_that_fraction_of_its_channels():
   closed = jax.tree.map(lambda g: int((g < 0).sum()), hardened['gate_logits'])
   assert closed['conv_0']['kernel'] == 7 and closed['conv_1']['kernel'] == 1  # ... 7 + 1 of them, lowest first,
   test_utils.assert_close(report['realised_sparsity'], (7 * 9 + 1 * 72) / (8 * 9 + 8 * 72))  # far below 50% of weights.
+  config.sparsity.harden_scope = 'layerwise'  # Each conv layer to 50% of its channels: 4 + 4.
+  closed = jax.tree.map(lambda g: int((g < 0).sum()),
+                        build.build(config).gates.harden({**state.meta_params, 'gate_logits': logits})['gate_logits'])
+  assert closed['conv_0']['kernel'] == 4 and closed['conv_1']['kernel'] == 4
   for mask, granularity in (('meta_pruner', 'out_unit'), ('hard_concrete', 'hidden_unit')):
-    bad = ml_collections.ConfigDict(config.to_dict())
-    bad.gates.mask, bad.gates.granularity = mask, granularity
-    with pytest.raises(ValueError, match='--config.sparsity.count'):
-      build.check(bad)
+    for field in ('count', 'harden_scope'):
+      bad = ml_collections.ConfigDict(config.to_dict())
+      bad.gates.mask, bad.gates.granularity = mask, granularity
+      bad.sparsity.count, bad.sparsity.harden_scope = 'weights', 'global'
+      bad.sparsity[field] = config.sparsity[field]
+      with pytest.raises(ValueError, match=f'--config.sparsity.{field}'):
+        build.check(bad)
 
 
 @pytest.mark.parametrize('path,value,match', [

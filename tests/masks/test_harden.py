@@ -149,3 +149,25 @@ def test_harden_counting_gates_closes_that_fraction_of_the_gates_lowest_first(ta
   order = [3, 5, 1, 0, 4]  # Ascending logits, each leaf's highest (2.0, 3.0) never closed.
   np.testing.assert_array_equal(np.flatnonzero(closed), np.sort(order[:need]))
   test_utils.assert_close(sparsity.realised_sparsity(params, hard, HC, count='gates'), need / 7)
+
+
+@pytest.mark.parametrize('count', ['weights', 'gates'])
+def test_layerwise_hardening_closes_the_target_share_of_every_leaf_on_its_own(count):
+  params = trees.mlp_params()  # out_unit gates: 5 of 3 weights (Dense_0), 2 of 5 weights (Dense_1).
+  logits = {'Dense_0': {'kernel': jnp.array([0.5, -1.0, 2.0, -3.0, 1.0]), 'bias': None},
+            'Dense_1': {'kernel': jnp.array([-2.0, 3.0]), 'bias': None}}
+  hard = harden.harden(params, logits, 0.6, scope='layerwise', count=count)
+  # Each leaf alone: ceil(0.6 * 5) = 3 of Dense_0's gates (its lowest: -3, -1, 0.5), ceil(0.6 * 2) = 2 of Dense_1's
+  # capped at 1 (its highest stays open). Global hardening would close Dense_1's -2 before Dense_0's 0.5.
+  np.testing.assert_array_equal(np.asarray(hard['Dense_0']['kernel']) < 0, [True, True, False, True, False])
+  np.testing.assert_array_equal(np.asarray(hard['Dense_1']['kernel']) < 0, [True, False])
+  assert hard['Dense_0']['bias'] is None
+  for leaf in ('Dense_0', 'Dense_1'):  # A leaf alone hardens the same either way.
+    alone = harden.harden({leaf: params[leaf]}, {leaf: logits[leaf]}, 0.6, count=count)
+    np.testing.assert_array_equal(alone[leaf]['kernel'], hard[leaf]['kernel'])
+  with pytest.raises(ValueError, match='harden_scope'):
+    harden.harden(params, logits, 0.6, scope='per_layer')
+  rnn_params = trees.rnn_params('gru')
+  rnn_logits = hard_concrete.init_gate_logits(rnn_params, hard_concrete.default_granularity('hidden_unit'))
+  with pytest.raises(ValueError, match="scope='global'"):
+    harden.harden(rnn_params, rnn_logits, 0.5, expand_units=EXPAND, scope='layerwise')
