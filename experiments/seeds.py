@@ -53,7 +53,8 @@ def stacked(exp: build_lib.Experiment) -> build_lib.Experiment:
     return step_lib.stack_seeds([exp.init_state(s) for s in seeds])
 
   def make_step(steps_per_call: int = 1, *, donate: bool = True, stacked_seeds: bool = True):
-    del stacked_seeds
+    if not stacked_seeds:
+      raise ValueError('this experiment meta-trains stacked seeds; build one seed with seeds.seed_experiment.')
     return exp.make_step(steps_per_call, donate=donate, stacked_seeds=True)
 
   def sparsity_report(meta_params) -> dict:
