@@ -18,8 +18,8 @@ from metaprune_jax import types
 from metaprune_jax.masks import masking
 from metaprune_jax.masks import sparsity
 
-
 SCOPES = ('global', 'layerwise')  # One threshold across the gated leaves, or one per leaf.
+
 
 def _is_none(x) -> bool:
   return x is None
