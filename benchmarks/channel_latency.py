@@ -28,15 +28,6 @@ from absl import flags
 
 from metaprune_jax.export import forward
 
-_WIDTHS = flags.DEFINE_list(
-    'widths', ['62-32-31-32', '32-32-32-32', '16-32-32-32', '16-16-16-16', '48-24-24-24', '8-32-48-48',
-               '24-24-40-40'],
-    'Kept channels per conv block, c0-c1-c2-c3; the dense 64-64-64-64 is always timed.')
-_BATCHES = flags.DEFINE_list('batches', ['600'], 'Batch sizes to time.')
-_REPEATS = flags.DEFINE_integer('repeats', 7, 'Interleaved rounds; medians over them.')
-_CALLS = flags.DEFINE_integer('calls', 3, 'Calls per model per round.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 28, 'Side of the square one-channel input images.')
-
 DENSE = (64, 64, 64, 64)
 
 
@@ -108,12 +99,25 @@ def run(widths_list: list[tuple[int, ...]], *, batches=(600,), repeats: int = 7,
   return result
 
 
+def define_flags() -> None:
+  """The script's flags (defined only when run as a script, so tests can import this module beside others)."""
+  flags.DEFINE_list('widths', ['62-32-31-32', '32-32-32-32', '16-32-32-32', '16-16-16-16', '48-24-24-24',
+                               '8-32-48-48', '24-24-40-40'],
+                    'Kept channels per conv block, c0-c1-c2-c3; the dense 64-64-64-64 is always timed.')
+  flags.DEFINE_list('batches', ['600'], 'Batch sizes to time.')
+  flags.DEFINE_integer('repeats', 7, 'Interleaved rounds; medians over them.')
+  flags.DEFINE_integer('calls', 3, 'Calls per model per round.')
+  flags.DEFINE_integer('image_size', 28, 'Side of the square one-channel input images.')
+
+
 def main(argv):
   del argv
-  widths = [parse_widths(w) for w in _WIDTHS.value]
-  print(json.dumps(run(widths, batches=tuple(int(b) for b in _BATCHES.value), repeats=_REPEATS.value,
-                       calls=_CALLS.value, image_size=_IMAGE_SIZE.value), indent=1))
+  values = flags.FLAGS
+  widths = [parse_widths(w) for w in values.widths]
+  print(json.dumps(run(widths, batches=tuple(int(b) for b in values.batches), repeats=values.repeats,
+                       calls=values.calls, image_size=values.image_size), indent=1))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
