@@ -23,6 +23,9 @@ other baselines prune single weights only), in a workdir of their own::
     --config.gates.granularity=out_unit --config.frontier.sparsities="(0.5,0.75)" \\
     --config.frontier.methods="('hard_concrete','filter_finetune')"
 
+Add ``--config.sparsity.count=gates --config.sparsity.harden_scope=layerwise`` to make the gates' target a
+fraction of channels and harden every layer to it (the same widths as filter pruning; what export latency follows).
+
 Run: ``python -m experiments.frontier --task=omniglot --workdir=runs/frontier_omniglot``; the accelerator
 budget is ``frontier_omniglot_full.py``.
 """
